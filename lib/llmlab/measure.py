@@ -27,7 +27,7 @@ def _group_of(name: str) -> str:
         return "norm"
     if name.endswith(".bias"):
         return "bias"
-    if name.endswith(".weight") and ".layers." in name:
+    if name.endswith(".weight") and (name.startswith("layers.") or ".layers." in name):
         return "linear"
     return "other"
 
