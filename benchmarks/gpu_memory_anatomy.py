@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmlab.measure import kv_cache_bytes_of, state_dict_bytes
-from llmlab.paths import data_dir
 from llmlab.results import save_result
+from llmlab.zoo import random_model
 
 POINTS = {
     "smollm2-135m": [(1, 512), (1, 4096), (8, 2048), (32, 1024), (64, 4096)],
@@ -62,13 +60,10 @@ def prefill(model, batch: int, context: int, vocab: int, all_logits: bool) -> di
 
 
 def measure(name: str, dtype: torch.dtype) -> dict:
-    raw = json.loads((data_dir() / "models" / f"{name}.json").read_text())
-    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
     torch.cuda.empty_cache()
     empty_allocated = torch.cuda.memory_allocated()
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    model.eval()
+    model = random_model(name, dtype=dtype, device="cuda", attn_implementation="sdpa")
+    config = model.config
     torch.cuda.synchronize()
     result = {
         "model": name, "dtype": str(dtype).removeprefix("torch."), "attn_implementation": "sdpa",

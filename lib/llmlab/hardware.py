@@ -28,8 +28,9 @@ GiB = 2**30
 
 # Where torch's total_memory was never measured for a card, it is estimated as the DRAM behind the datasheet figure,
 # less ECC where it is on by default, less this share that the driver keeps for itself. Measured on the lent H100 SXM
-# (80 GiB of HBM3, torch reports 79.19 GiB): 1.0 %. Every estimate is flagged by `GPU.memory_measured`.
-DRIVER_RESERVE_FRACTION = 0.010
+# (2026-11-25, driver 580): 80 GiB of HBM3 = 81920 MiB; nvidia-smi 81559 MiB total, 480 MiB of it reserved; torch
+# 85,017,493,504 B = 81079 MiB, i.e. 1.03 % less than the DRAM. Every estimate is flagged by `GPU.memory_measured`.
+DRIVER_RESERVE_FRACTION = 1 - 81079 / 81920
 
 # Compute capability from which the tensor cores take each format (Volta 7.0, Turing 7.5, Ampere 8.0/8.6, Ada 8.9,
 # Hopper 9.0); int4 tensor cores exist on Turing, Ampere and Ada only. `native_formats` in the catalog must agree.
@@ -59,6 +60,7 @@ class GPU:
     tflops: dict = field(hash=False)  # dense peak TFLOPS (TOPS for ints) by format; absent = no tensor-core path
     native_formats: tuple[str, ...] = ()  # matmul input formats the hardware runs natively
     source: str = ""  # the datasheet (and any derivation) these figures come from
+    total_memory_source: str = ""  # where total_memory_bytes was measured (machine, date, versions)
 
     @property
     def memory_bytes(self) -> int:
@@ -124,9 +126,11 @@ def _from_entry(entry: dict) -> GPU:
     return GPU(name=entry["name"], aliases=tuple(entry.get("aliases", ())),
                device_names=tuple(entry.get("device_names", ())), architecture=entry["architecture"],
                compute_capability=(major, minor), memory_gb=entry["memory_gb"], memory_type=entry["memory_type"],
-               ecc_reserve_fraction=entry.get("ecc_reserve_fraction", 0), total_memory_bytes=entry["total_memory_bytes"],
+               ecc_reserve_fraction=entry.get("ecc_reserve_fraction", 0),
+               total_memory_bytes=entry["total_memory_bytes"],
                bandwidth_gb_s=entry["bandwidth_gb_s"], tflops=dict(entry["tflops"]),
-               native_formats=tuple(entry["native_formats"]), source=entry["source"])
+               native_formats=tuple(entry["native_formats"]), source=entry["source"],
+               total_memory_source=entry.get("total_memory_source", ""))
 
 
 def _key(name: str) -> str:
@@ -166,6 +170,9 @@ def gpu(name: str | GPU) -> GPU:
 
 def supports(device: str | GPU, precision: str) -> bool:
     """Whether `device`'s hardware runs `precision` natively as a matmul input (tensor cores; fp32 on CUDA cores)."""
+    if precision == "nf4":
+        raise ValueError("nf4 is a weight-only storage format, dequantized to 16-bit to multiply: ask about 'fp16' "
+                         "(llmlab.memory.FORMATS[name].matmul says which format each precision multiplies in)")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return precision in gpu(device).native_formats
@@ -183,7 +190,8 @@ def match_device(device_name: str, total_memory_bytes: int | None = None) -> GPU
     key = _key(device_name)
     candidates = [entry for entry in _catalog() if key in {_key(name) for name in entry.device_names}]
     if not candidates:  # e.g. "NVIDIA L40S-48C" (a vGPU profile): catalog names inside it, the longest first
-        candidates = sorted((entry for entry in _catalog() if _key(entry.name) in key), key=lambda e: -len(_key(e.name)))
+        inside = [entry for entry in _catalog() if _key(entry.name) in key]
+        candidates = sorted(inside, key=lambda entry: -len(_key(entry.name)))
     for entry in candidates:
         # one name, two memory sizes (RTX 4060 Ti 8 GB/16 GB): the datasheet capacity must be within 15 %
         if total_memory_bytes is None or abs(total_memory_bytes / entry.memory_bytes - 1) < 0.15:

@@ -119,6 +119,24 @@ def load_model(name_or_path: str = EMBEDDED, dtype: torch.dtype = torch.float32,
     return model, tokenizer, LoadReport(name_or_path, source, time.perf_counter() - start, cached)
 
 
+def random_model(config: str | os.PathLike | dict, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu", **overrides):
+    """A model built from a config (catalog name, config.json path or dict) with random weights on `device`.
+
+    Weight values change neither memory nor speed, so sizing and kernel studies need no checkpoint: this builds
+    Llama-3.1-8B's shapes on a GPU in seconds. `overrides` change config fields (e.g. num_hidden_layers=2).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llmlab.models import load_spec
+
+    raw = {**load_spec(config).config, **overrides}
+    hf_config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    return model.eval()
+
+
 def main() -> None:
     """`python -m llmlab.zoo`: cache the embedded model (the course's set-up step)."""
     start = time.perf_counter()
