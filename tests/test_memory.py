@@ -373,3 +373,14 @@ def test_guide_check_moves_with_the_context():
     assert long[("70B", "FP8 / INT8")].verdict == "wrong"  # 32k tokens of fp16 KV (10.7 GB) do not fit beside 72.7 GB
     assert long[("70B", "FP8 / INT8")].total_gb > 78 * 1.1
     assert GB == 10**9 and GiB == 2**30
+
+
+def test_plan_reports_each_gpus_weight_and_kv_shard():
+    alone = plan("llama-3.1-70b", "fp16", context=8192, batch=4)
+    assert alone.per_gpu_weight_bytes == alone.weight_bytes, (alone.per_gpu_weight_bytes, alone.weight_bytes)
+    assert alone.per_gpu_kv_bytes == alone.kv_bytes, (alone.per_gpu_kv_bytes, alone.kv_bytes)
+    split = plan("llama-3.1-70b", "fp16", context=8192, batch=4, tp=8)
+    assert split.per_gpu_kv_bytes == alone.kv_bytes // 8, (split.per_gpu_kv_bytes, alone.kv_bytes // 8)  # 8 KV heads, one per GPU
+    assert alone.weight_bytes / 8 < split.per_gpu_weight_bytes < alone.weight_bytes / 7.9, split.per_gpu_weight_bytes  # norms replicated
+    assert split.per_gpu_bytes == (split.per_gpu_weight_bytes + split.per_gpu_kv_bytes + split.activation_bytes
+                                   + split.overhead_bytes)

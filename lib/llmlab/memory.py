@@ -349,6 +349,8 @@ class Plan:
     kv_bytes: int  # the cache of batch x context tokens (window cap applied), whole model
     prefill_tokens: int  # tokens in the largest forward pass: min(batch x context, prefill_chunk)
     activation_bytes: int  # peak activations of that pass, per GPU
+    per_gpu_weight_bytes: int  # the weight shard one GPU holds (= weight_bytes when tp = 1)
+    per_gpu_kv_bytes: int  # the KV-cache shard one GPU holds (kv heads split over tp, replicated when tp > kv heads)
     overhead_bytes: int  # CUDA context, allocator slack, NCCL (per GPU)
     per_gpu_bytes: int  # what one GPU holds: its weight and KV shards + activations + overhead
     total_bytes: int  # all GPUs together (per_gpu_bytes x tp)
@@ -403,6 +405,7 @@ def plan(model: str | dict | ModelSpec, precision: str = "fp16", kv_dtype: str =
                           "kept_bytes": weights.kept_bytes},
         kv_bytes_per_token=kv_bytes_per_token(spec, kv_dtype), kv_bytes=kv_cache_bytes(spec, context, batch, kv_dtype),
         prefill_tokens=_prefill_tokens(setup, context, batch), activation_bytes=shares["activation"],
+        per_gpu_weight_bytes=shares["weights"], per_gpu_kv_bytes=shares["kv"],
         overhead_bytes=shares["overhead"], per_gpu_bytes=shares["total"], total_bytes=shares["total"] * tp)
     if spec.max_position_embeddings and context > spec.max_position_embeddings:
         result.warnings.append(f"context {context} exceeds {spec.name}'s max_position_embeddings "
