@@ -81,6 +81,22 @@ def measure_generate_kv(model, tokenizer, batch: int = 1, prompt_tokens: int = 3
                          str(keys.dtype).removeprefix("torch."), [list(keys.shape)])
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter: blocks at least this large are mmap-ed, and unmapped when freed
+
+
+def _release_freed_memory_to_the_os(threshold_bytes: int = 2**20) -> bool:
+    """Make glibc return large freed blocks to the OS, so RSS follows the live tensors; False where not glibc."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold_bytes))
+    except (OSError, AttributeError):
+        return False
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize()
@@ -92,6 +108,7 @@ class Peak:
     before_bytes: int = 0  # allocated (CUDA) or resident (CPU) bytes when the block started
     peak_bytes: int = 0  # the highest value seen inside the block
     seconds: float = 0.0  # wall time of the block
+    rss_tracks_tensors: bool | None = None  # CPU: whether freed tensors leave RSS (glibc mmap threshold set)
 
     @property
     def increase_bytes(self) -> int:
@@ -101,7 +118,12 @@ class Peak:
 
 @contextlib.contextmanager
 def peak_memory(device: str | torch.device = "cpu", sample_every_s: float = 0.002):
-    """`with peak_memory(device) as peak:` — CUDA allocator peak on a GPU; on a CPU, RSS sampled by a thread."""
+    """`with peak_memory(device) as peak:` — CUDA allocator peak on a GPU; on a CPU, RSS sampled by a thread.
+
+    On a CPU, glibc keeps freed blocks for reuse and RSS would then count them as live: the first call sets glibc's
+    mmap threshold to 1 MiB so that tensors' memory goes back to the OS when freed (`peak.rss_tracks_tensors` says
+    whether that worked; elsewhere peaks include the allocator's cache).
+    """
     device = torch.device(device)
     gc.collect()
     peak = Peak(str(device))
@@ -114,6 +136,7 @@ def peak_memory(device: str | torch.device = "cpu", sample_every_s: float = 0.00
         torch.cuda.synchronize(device)
         peak.peak_bytes = torch.cuda.max_memory_allocated(device)
     else:
+        peak.rss_tracks_tensors = _release_freed_memory_to_the_os()
         peak.before_bytes = peak.peak_bytes = _rss_bytes()
         stop = threading.Event()
 
