@@ -38,10 +38,10 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmlab.paths import data_dir
+from llmlab.paths import cache_dir, data_dir
 
 # --------------------------------------------------------------------------------------------------------------
 # The spec
@@ -196,13 +196,46 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 def load_spec(model: str | os.PathLike | dict, name: str | None = None) -> ModelSpec:
     """The spec of `model`: a config dict, a path to config.json (or its folder), a catalog name, or a hub id."""
     raw, default_name = _read_config(model)
+    cache = _spec_cache_file(raw)
+    if cache.is_file():  # reading a config through transformers costs seconds (it imports torch): once per config
+        return _spec_from_json(json.loads(cache.read_text()), name or default_name)
     config = _completed(raw)
     model_type = config["model_type"]
     family = FAMILIES.get(model_type)
     hf_config = _transformers_config(config, family.required_keys if family else BASE_KEYS)
     if family is None:
-        return _meta_spec(raw, hf_config, name or default_name)
-    return _analytic_spec(raw, hf_config, family, name or default_name)
+        spec = _meta_spec(raw, hf_config, name or default_name)
+    else:
+        spec = _analytic_spec(raw, hf_config, family, name or default_name)
+    _store_spec(cache, spec)
+    return spec
+
+
+def _spec_cache_file(raw: dict) -> Path:
+    """Where the spec of this exact config is cached: keyed by the config, this module's code and transformers' version."""
+    import hashlib
+    from importlib.metadata import version
+
+    key = hashlib.sha256()
+    key.update(json.dumps(raw, sort_keys=True, default=str).encode())
+    key.update(Path(__file__).read_bytes())
+    key.update(version("transformers").encode())
+    return cache_dir() / "specs" / f"{key.hexdigest()[:32]}.json"
+
+
+def _store_spec(path: Path, spec: ModelSpec) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(asdict(spec), default=str))
+        partial.replace(path)
+    except OSError:  # a read-only home: the spec is still returned, only not cached
+        pass
+
+
+def _spec_from_json(fields: dict, name: str) -> ModelSpec:
+    linears = tuple(LinearShape(**linear) for linear in fields.pop("quantizable_linears"))
+    return ModelSpec(**{**fields, "name": name, "quantizable_linears": linears})
 
 
 def catalog_names() -> list[str]:
