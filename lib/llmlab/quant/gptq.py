@@ -1,0 +1,103 @@
+"""GPTQ: quantize a linear layer's weights column by column, pushing each column's rounding error onto the columns not
+yet quantized, weighted by the inverse Hessian of the layer's reconstruction error.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers", arXiv 2210.17323 (ICLR 2023). Mirrors the structure of IST-DASLab/gptq `gptq.py` (`fasterquant`).
+
+For one layer with weights W [d_row, d_col] and calibration inputs X [d_col, N] the goal is argmin_Q ‖WX − QX‖²
+(Eq. 1); its Hessian in each row of W is H = 2XXᵀ, shared by all rows. Algorithm 1 of the paper:
+
+     1  Q ← 0                                              quantized output
+     2  E ← 0 [d_row, B]                                   block quantization errors
+     3  H⁻¹ ← Cholesky(H⁻¹)ᵀ                               Hessian inverse information (upper factor)
+     4  for i = 0, B, 2B, …
+     5      for j = i, …, i + B − 1
+     6          Q[:, j] ← quant(W[:, j])                    quantize column
+     7          E[:, j−i] ← (W[:, j] − Q[:, j]) / H⁻¹[j, j]  quantization error
+     8          W[:, j:i+B] −= E[:, j−i] · H⁻¹[j, j:i+B]     update weights in block
+     9      end
+    10      W[:, i+B:] −= E · H⁻¹[i:i+B, i+B:]              lazy batch update
+    11  end
+
+Additions from the paper's §4 and the reference code: damping λ = percdamp · mean(diag H) added to the diagonal;
+inputs that never fire (H[j, j] = 0) get weight 0; grids per group of `group_size` columns, chosen when quantization
+reaches the group's first column (from the already-updated weights; a group that straddles two blocks also sees
+columns still missing the block's line-10 update, as in the reference, so keep group_size dividing B); act-order:
+columns in decreasing H[j, j], with the group grids fixed beforehand from the original weights in natural column
+order, so groups stay contiguous in the stored layout ("static groups", IST-DASLab `--static-groups`, llm-compressor's
+default `actorder="static"`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from llmlab.quant.formats import check_group_size, grid_params, snap_to_grid
+
+
+class GPTQResult(NamedTuple):
+    """What `gptq` returns."""
+
+    Q: torch.Tensor  # [d_row, d_col] quantized weights as values on the grid (dequantized), float32, original order
+    scale: torch.Tensor  # [d_row, n_groups] grid scale s per row and group (one group per row when group_size=None)
+    zero: torch.Tensor  # [d_row, n_groups] zero point z (0 when symmetric): integer codes = round(Q / s) + z
+    loss: float  # Σ_j ‖W[:, j] − Q[:, j]‖² / H⁻¹[j, j]² / 2, H⁻¹ from line 3: OBS's estimate of ‖WX − QX‖² / N
+
+
+def hessian(X: torch.Tensor) -> torch.Tensor:
+    """H = 2XXᵀ / N from layer inputs X [N tokens, d_col] (the reference divides by samples, not tokens: same H up to
+    a scale, which GPTQ ignores)."""
+    X = X.reshape(-1, X.shape[-1]).float()  # [..., d_col] -> [N, d_col]
+    return 2 * X.T @ X / X.shape[0]  # [d_col, d_col]
+
+
+def gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None, blocksize: int = 128,
+         percdamp: float = 0.01, act_order: bool = False, symmetric: bool = True) -> GPTQResult:
+    """Quantize W [d_row, d_col] to `bits` given H [d_col, d_col] (Algorithm 1); see the module docstring."""
+    W, H = W.float().clone(), H.float().clone()  # both are modified below
+    d_row, d_col = W.shape
+    check_group_size(d_col, group_size, bits)
+    g = group_size or d_col  # columns per grid
+    dead = H.diagonal() == 0  # inputs that were always 0: their weights never matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    scale = W.new_zeros(d_row, d_col // g)  # [d_row, n_groups], filled in natural column order
+    zero = W.new_zeros(d_row, d_col // g)
+    perm = torch.arange(d_col, device=W.device)
+    if act_order:
+        s, z = grid_params(W.view(d_row, d_col // g, g), bits, symmetric)  # [d_row, n_groups, g] -> [.., 1]
+        scale, zero = s.squeeze(-1), z.squeeze(-1)  # static groups, fixed before any update
+        perm = torch.argsort(H.diagonal(), descending=True)  # most active inputs first
+        W, H = W[:, perm], H[perm][:, perm]  # columns and both Hessian axes in quantization order
+    group_of = (perm // g).tolist()  # group (in natural order) of the column quantized j-th
+    W = W.T.contiguous().T  # same [d_row, d_col] values stored column-major: each W[:, j] contiguous (2x faster on CPU)
+    H.diagonal().add_(percdamp * H.diagonal().mean())  # H + λI, λ = percdamp · mean(diag H)
+    try:
+        L = torch.linalg.cholesky(H)
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(f"the Hessian is not positive definite after damping percdamp={percdamp}; raise percdamp "
+                         "(e.g. 0.1) or calibrate on more tokens") from error
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)  # line 3: upper factor of H⁻¹
+
+    Q = torch.zeros_like(W)  # line 1
+    loss = W.new_zeros(())
+    for i in range(0, d_col, blocksize):  # line 4
+        i_end = min(i + blocksize, d_col)
+        E = W.new_zeros(i_end - i, d_row).T  # line 2: errors of this block, [d_row, B], column-major like W
+        for j in range(i, i_end):  # line 5
+            if act_order:  # static grid of the group column perm[j] belongs to
+                s, z = scale[:, group_of[j], None], zero[:, group_of[j], None]  # [d_row, 1]
+            elif j % g == 0:  # first column of a group: grid from the weights as updated so far
+                s, z = grid_params(W[:, j : j + g], bits, symmetric)  # [d_row, g] -> [d_row, 1]
+                scale[:, j // g], zero[:, j // g] = s.squeeze(1), z.squeeze(1)
+            Q[:, j] = snap_to_grid(W[:, j, None], s, z, bits, symmetric).squeeze(1)  # line 6: [d_row, 1] -> [d_row]
+            E[:, j - i] = (W[:, j] - Q[:, j]) / Hinv[j, j]  # line 7
+            # line 8: W[:, j:i+B] −= outer(E[:, j−i], H⁻¹[j, j:i+B]), applied to the transpose [i_end-j, d_row],
+            # which is contiguous in W's column-major layout: one in-place BLAS rank-1 update
+            W[:, j:i_end].T.addr_(Hinv[j, j:i_end], E[:, j - i], alpha=-1)
+        loss += E.pow(2).sum() / 2
+        W[:, i_end:] -= E @ Hinv[i:i_end, i_end:]  # line 10: [d_row, B] @ [B, d_col-i_end]
+    Q = Q[:, torch.argsort(perm)] if act_order else Q  # columns back in natural order
+    return GPTQResult(Q.contiguous(), scale, zero, loss.item())
