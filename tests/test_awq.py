@@ -8,32 +8,9 @@ import torch
 from llmlab.quant.awq import (AWQConfig, AWQReport, awq_clip, awq_quantize_model, awq_scales, awq_search_scale,
                               inspected_module, quantize_groups)
 from llmlab.quant.rtn import rtn
+from tiny_models import tiny_llama_with_outliers as tiny_llama
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads wait on each other at every op (a 1024-token
-    perplexity took 3-6 s with one thread, 12 s with two, while other jobs ran)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def tiny_llama(seed: int = 0):
-    """A 2-layer Llama with GQA (4 heads, 2 KV heads), random weights, and an outlier channel in every norm."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                norm.weight.uniform_(0.5, 1.5)
-                norm.weight[7] = 30.0  # channel 7 of every norm output is an outlier, as in real LLMs
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def salient_linear(seed: int = 0):

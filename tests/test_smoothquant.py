@@ -9,32 +9,9 @@ from llmlab.quant.driver import ChannelStatistic
 from llmlab.quant.smoothquant import (activation_scales, alpha_sweep, fold_scales, norm_pairs, outlier_ratio,
                                       smooth_model, smooth_scales, smoothquant_quantize_model, weight_channel_max)
 from llmlab.quant.w8a8 import W8A8Linear, quantize_activation, quantize_weight
+from tiny_models import tiny_llama_with_outliers as tiny_llama
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads wait on each other at every op (a 1024-token
-    perplexity took 3-6 s with one thread, 12 s with two, while other jobs ran)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def tiny_llama(seed: int = 0):
-    """A 2-layer Llama with GQA (4 heads, 2 KV heads), random weights, and an outlier channel in every norm."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                norm.weight.uniform_(0.5, 1.5)
-                norm.weight[7] = 30.0  # channel 7 of every norm output is an outlier, as in real LLMs
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_smooth_scales_on_a_hand_example():

@@ -8,26 +8,9 @@ import torch
 from llmlab.quant.formats import fp8_round
 from llmlab.quant.w8a8 import (W8A8Linear, method_name_w8a8, quantize_activation, quantize_model_w8a8,
                                quantize_weight)
+from tiny_models import tiny_llama
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine two threads wait on each other at every op (a 1024-token
-    perplexity took 3-6 s with one thread, 12 s with two, while other jobs ran)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def tiny_llama(seed: int = 0):
-    """A 2-layer Llama with GQA (4 heads, 2 KV heads), random weights: the model-walking code on a small scale."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_int8_weights_use_one_grid_per_output_row():
