@@ -16,6 +16,8 @@ from llmlab.evaluate import (
     weight_bytes_of,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: 2 threads stall on a shared CPU
+
 
 class UniformModel(torch.nn.Module):
     """Predicts every token with equal probability: its perplexity is the vocabulary size. Records its inputs."""

@@ -22,6 +22,8 @@ from llmlab.quant.gptq import gptq, hessian
 from llmlab.quant.mappings import balance_pairs, mapping_for, quantizable_linears
 from llmlab.quant.rtn import rtn
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: 2 threads stall on a shared CPU
+
 
 def correlated_inputs(n_tokens: int, d_col: int, seed: int = 0) -> torch.Tensor:
     """X [n_tokens, d_col] with correlated columns and unequal scales, like a layer's inputs."""
