@@ -7,9 +7,10 @@ export LLMLAB_VENV := $(VENV)
 install:
 	@bash scripts/install.sh
 
-# Open the course: JupyterLab on notebooks/, embedded model ready.
+# Open the course: JupyterLab on notebooks/, embedded model ready (as root, e.g. in a container, JupyterLab wants
+# --allow-root).
 course: install
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Every test: unit tests, checks against transformers, and every notebook executed once (small budgets).
 test: install
