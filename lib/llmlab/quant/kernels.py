@@ -1,0 +1,306 @@
+"""Real low-precision execution: the GEMMs a quantized model runs, not fake-quant.
+
+Fake quantization (`llmlab.quant.w8a8`, `rtn`, `gptq`, `awq`) computes the right *numbers* in float32 on any device;
+it says nothing about *speed*, because the matmul still reads 16- or 32-bit weights. Here the weights are stored in
+their low-precision format and multiplied by the kernels serving engines use:
+
+    kernel  weights                    activations             torch kernel                        native on
+    bf16    bf16                       bf16                    torch.matmul (cuBLAS)               any CUDA GPU
+    fp8     e4m3, scale per out row    e4m3, scale per token   torch._scaled_mm (row-wise scales)  sm_89+ (Ada, Hopper)
+    int8    int8, scale per out row    int8, scale per token   torch._int_mm (int32 accumulate)    sm_75+ (Turing on)
+    int4    int4, scale per group      bf16 (W4A16)            torch._weight_int4pack_mm           sm_80+ (Ampere on)
+
+W8A8 (fp8, int8): Y = s_X s_Wᵀ ⊙ (Q_X Q_Wᵀ) — the scales sit outside the inner sum, so they are applied to the int32
+(or fp32) accumulator after the GEMM (SmoothQuant, arXiv 2211.10438, §3). W4A16: the kernel unpacks 4-bit codes to
+bf16 inside the GEMM, Ŵ = (q − 8) · s + z per group (torch's "tinygemm" convention, checked in tests); our symmetric
+grids have z = 0. Decode (a few tokens at a time) is memory-bound, so fewer bytes per weight is what makes it fast.
+
+Every kernel also runs on CPU (torch ships CPU versions), which checks the numbers anywhere; only GPU timings say
+anything about speed. `benchmark_gemm` times one kernel at one shape (CUDA events, median, rotating weight copies so
+the weights are read from HBM, not from the 50 MB L2 cache).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from llmlab.quant.formats import check_group_size, quantize, quantize_fp8
+
+KERNELS = ("bf16", "fp8", "int8", "int4")
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "int8": (7, 5), "int4": (8, 0)}  # native, per kernel
+INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows: decode rows are padded up to this many
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # group sizes torch's int4 kernel accepts
+INT4_INNER_K_TILES = 8  # packing parameter of torch's int4 layout (2, 4 or 8); 8 is what gpt-fast / torchao use
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is unknown; choose one of {', '.join(KERNELS)}")
+
+
+def kernel_available(kernel: str, device) -> tuple[bool, str]:
+    """Whether `kernel` runs natively on `device`, and a sentence saying why (or what would run where)."""
+    _check_kernel(kernel)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True, (f"{kernel} runs on CPU through torch's reference kernel: numbers are exact, timings say nothing "
+                      "about a GPU")
+    major, minor = torch.cuda.get_device_capability(device)
+    need = MIN_COMPUTE_CAPABILITY[kernel]
+    name = torch.cuda.get_device_name(device)
+    if (major, minor) < need:
+        return False, (f"{kernel} GEMM needs compute capability >= {need[0]}.{need[1]}; {name} is {major}.{minor}"
+                       + (" (FP8 tensor cores arrived with Ada and Hopper)" if kernel == "fp8" else ""))
+    return True, f"{kernel} GEMM runs natively on {name} (compute capability {major}.{minor})"
+
+
+# ---------------------------------------------------------------- linear layers that run the real kernels
+
+
+class Int8Linear(torch.nn.Module):
+    """W8A8 INT8: int8 weights (one scale per output row), activations quantized per token at every call."""
+
+    def __init__(self, Q_W: torch.Tensor, s_W: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("Q_W", Q_W.contiguous())  # [out, in] int8 row-major: Q_W.t() is the column-major B cuBLAS wants
+        self.register_buffer("s_W", s_W.reshape(1, -1).float())  # [1, out]
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.out_dtype = out_dtype  # dtype of the output (the model's activations dtype)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: torch.nn.Linear) -> "Int8Linear":
+        Q_W, s_W, _ = quantize(linear.weight.float(), 8, None, symmetric=True, axis=-1)  # per row: s [out, 1]
+        return cls(Q_W.to(torch.int8), s_W, linear.bias, linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
+        Q_X, s_X, _ = quantize(X.float(), 8, None, symmetric=True, axis=-1)  # per token: s_X [tokens, 1]
+        tokens = X.shape[0]
+        if X.is_cuda and tokens < INT_MM_MIN_ROWS:  # pad decode rows: the CUDA kernel refuses M <= 16
+            Q_X = torch.nn.functional.pad(Q_X, (0, 0, 0, INT_MM_MIN_ROWS - tokens))
+        acc = torch._int_mm(Q_X.to(torch.int8), self.Q_W.t())[:tokens]  # [tokens, out] int32
+        Y = (acc.float() * s_X * self.s_W).to(self.out_dtype)
+        if self.bias is not None:
+            Y = Y + self.bias
+        return Y.reshape(*shape[:-1], -1)
+
+    def weight_bytes(self) -> int:
+        return self.Q_W.numel() + self.s_W.numel() * 2  # int8 codes + one 16-bit scale per row in a checkpoint
+
+
+class FP8Linear(torch.nn.Module):
+    """W8A8 FP8 e4m3 ("FP8 dynamic"): weights per output row, activations per token, torch._scaled_mm."""
+
+    def __init__(self, Q_W: torch.Tensor, s_W: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("Q_W", Q_W)  # [out, in] float8_e4m3fn, row-major: Q_W.t() is the column-major B
+        self.register_buffer("s_W", s_W.reshape(1, -1).float())  # [1, out]
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.out_dtype = out_dtype
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: torch.nn.Linear) -> "FP8Linear":
+        Q_W, s_W = quantize_fp8(linear.weight.float(), "e4m3", axis=1)  # per row: s [out, 1]
+        return cls(Q_W, s_W, linear.bias, linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
+        Q_X, s_X = quantize_fp8(X.float(), "e4m3", axis=1)  # per token: s_X [tokens, 1]
+        # row-wise scaled GEMM wants bf16 output: scale_a [tokens, 1], scale_b [1, out]
+        Y = torch._scaled_mm(Q_X, self.Q_W.t(), scale_a=s_X.float(), scale_b=self.s_W, out_dtype=torch.bfloat16)
+        Y = Y.to(self.out_dtype)
+        if self.bias is not None:
+            Y = Y + self.bias
+        return Y.reshape(*shape[:-1], -1)
+
+    def weight_bytes(self) -> int:
+        return self.Q_W.numel() + self.s_W.numel() * 2
+
+
+class Int4Linear(torch.nn.Module):
+    """W4A16: int4 weights with one bf16 scale per group of input columns, bf16 activations, torch's int4 kernel."""
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, out_features: int,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("packed", packed)  # torch's int4 layout (device-specific tiling of the [out, in] codes)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # [in / group, out, 2] bf16: (s, z) per group
+        self.group_size = group_size  # input columns per scale
+        self.out_features = out_features
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.out_dtype = out_dtype
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int = 128) -> "Int4Linear":
+        """Quantize `linear` to symmetric int4 with `group_size` (the same grid as `llmlab.quant.rtn`)."""
+        W = linear.weight.float()  # [out, in]
+        if group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"torch's int4 kernel takes group sizes {INT4_GROUP_SIZES}; got {group_size}")
+        check_group_size(W.shape[1], group_size, 4, where=f" (a Linear with in_features={W.shape[1]})")
+        Q, s, _ = quantize(W, 4, group_size, symmetric=True)  # Q [out, in] in [-8, 7], s [out, in / group]
+        return cls.from_codes(Q, s, group_size, linear.bias, linear.weight.dtype)
+
+    @classmethod
+    def from_codes(cls, Q: torch.Tensor, s: torch.Tensor, group_size: int, bias=None,
+                   out_dtype: torch.dtype = torch.bfloat16) -> "Int4Linear":
+        """From signed codes Q [out, in] in [-8, 7] and scales s [out, in / group] (Ŵ = s · Q, groups of columns)."""
+        q = (Q + 8).to(torch.int32)  # unsigned codes 0..15; the kernel computes (q − 8) · s + z
+        if q.is_cuda:  # CUDA layout input: two codes per byte, [out, in / 2] uint8, high nibble first
+            packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8),
+                                                       INT4_INNER_K_TILES)
+        else:
+            packed = torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
+        scales = s.t().to(torch.bfloat16)  # [out, n_groups] -> [n_groups, out]
+        scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()  # [n_groups, out, 2]
+        return cls(packed, scales_and_zeros, group_size, Q.shape[0], bias, out_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        X = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [..., in] -> [tokens, in]
+        if X.is_cuda:
+            Y = torch._weight_int4pack_mm(X, self.packed, self.group_size, self.scales_and_zeros)
+        else:
+            Y = torch._weight_int4pack_mm_for_cpu(X, self.packed, self.group_size, self.scales_and_zeros)
+        Y = Y.to(self.out_dtype)
+        if self.bias is not None:
+            Y = Y + self.bias
+        return Y.reshape(*shape[:-1], -1)
+
+    def weight_bytes(self) -> int:
+        n_groups, out_features, _ = self.scales_and_zeros.shape
+        return out_features * n_groups * self.group_size // 2 + n_groups * out_features * 2  # codes + bf16 scales
+
+
+def real_linear(linear: torch.nn.Linear, kernel: str, group_size: int = 128) -> torch.nn.Module:
+    """`linear` converted to the module that runs `kernel` (bf16: the same Linear in bf16)."""
+    _check_kernel(kernel)
+    if kernel == "bf16":
+        return linear.to(torch.bfloat16)
+    if kernel == "int8":
+        return Int8Linear.from_linear(linear)
+    if kernel == "fp8":
+        return FP8Linear.from_linear(linear)
+    return Int4Linear.from_linear(linear, group_size)
+
+
+@torch.no_grad()
+def convert_model(model, kernel: str, group_size: int = 128, names=None) -> list[str]:
+    """Swap the decoder-layer linears of `model` (or the Linear modules `names`) for real-kernel modules, in place.
+
+    The rest of the model (embeddings, norms, lm_head) should already be bf16: `model.to(torch.bfloat16)` first.
+    Returns the names converted.
+    """
+    from llmlab.quant.mappings import quantizable_linears
+
+    linears = quantizable_linears(model) if names is None else {n: model.get_submodule(n) for n in names}
+    if kernel == "int4":
+        for name, linear in linears.items():
+            check_group_size(linear.in_features, group_size, 4, where=f" (the in_features of {name})")
+    for name, linear in linears.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, real_linear(linear, kernel, group_size))
+    return list(linears)
+
+
+# ---------------------------------------------------------------- timing one GEMM
+
+
+@dataclass
+class GemmTiming:
+    """One kernel at one shape: Y [M, N] = X [M, K] · Wᵀ."""
+
+    kernel: str
+    M: int  # tokens (rows of X): 1 for single-stream decode, thousands for prefill
+    N: int  # output features
+    K: int  # input features
+    ms: float  # median milliseconds per GEMM (activation quantization included for fp8 / int8)
+    tflops: float  # 2·M·N·K / time
+    gbps: float  # (weight bytes + input + output bytes) / time
+    weight_bytes: int  # bytes of the weight in its format, scales included
+
+
+def _weight_bytes(kernel: str, N: int, K: int, group_size: int) -> int:
+    return {"bf16": 2 * N * K, "fp8": N * K + 2 * N, "int8": N * K + 2 * N,
+            "int4": N * K // 2 + 2 * N * (K // group_size)}[kernel]
+
+
+def _timer(device: torch.device):
+    if device.type == "cuda":
+        def run(fn, repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times = []
+            for i in range(repeats):
+                start.record()
+                fn(i)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            return sorted(times)[len(times) // 2]
+    else:
+        def run(fn, repeats):
+            times = []
+            for i in range(repeats):
+                start = time.perf_counter()
+                fn(i)
+                times.append((time.perf_counter() - start) * 1e3)
+            return sorted(times)[len(times) // 2]
+    return run
+
+
+@torch.no_grad()
+def gemm_sweep(kernel: str, N: int, K: int, Ms=(1, 16, 256, 4096), device="cuda", group_size: int = 128,
+               repeats: int = 50, rotate_bytes: int = 256 * 2**20, seed: int = 0) -> list[GemmTiming]:
+    """Median time of Y = X Wᵀ for `kernel` with W [N, K] and X [M, K] for each M in `Ms`, random data (the whole
+    layer call: activation quantization included). Several weight copies totalling `rotate_bytes` (≥ 5× an H100's
+    50 MB L2) are used in turn so the weights come from memory, as in a model whose layers do not fit in cache."""
+    _check_kernel(kernel)
+    device = torch.device(device)
+    ok, reason = kernel_available(kernel, device)
+    if not ok:
+        raise RuntimeError(reason)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    weight_bytes = _weight_bytes(kernel, N, K, group_size)
+    copies = max(1, min(16, -(-rotate_bytes // weight_bytes))) if device.type == "cuda" else 1
+    layers = []
+    for _ in range(copies):
+        linear = torch.nn.Linear(K, N, bias=False, device=device)
+        linear.weight.copy_(torch.randn(N, K, generator=generator, device=device) * K ** -0.5)
+        layers.append(real_linear(linear, kernel, group_size))
+        del linear
+    timer = _timer(device)
+    timings = []
+    for M in Ms:
+        X = torch.randn(M, K, generator=generator, device=device).to(torch.bfloat16)
+        for layer in layers:  # warm-up: kernel selection, lazy initialisation
+            layer(X)
+        seconds = timer(lambda i: layers[i % copies](X), repeats) / 1e3
+        moved = weight_bytes + 2 * M * K + 2 * M * N
+        timings.append(GemmTiming(kernel, M, N, K, seconds * 1e3, 2 * M * N * K / seconds / 1e12,
+                                  moved / seconds / 1e9, weight_bytes))
+    return timings
+
+
+def benchmark_gemm(kernel: str, M: int, N: int, K: int, device="cuda", group_size: int = 128, repeats: int = 50,
+                   seed: int = 0) -> GemmTiming:
+    """One kernel at one shape (see `gemm_sweep`)."""
+    return gemm_sweep(kernel, N, K, (M,), device, group_size, repeats, seed=seed)[0]
+
+
+def layer_gemm_shapes(spec) -> dict[str, tuple[int, int]]:
+    """The GEMMs of one decoder layer of `spec` (a `llmlab.models.ModelSpec`) as serving engines run them, with the
+    projections that share an input fused (vLLM's QKVParallelLinear and MergedColumnParallelLinear): name -> (N, K)."""
+    d, f, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
+    return {
+        "qkv_proj": ((spec.num_attention_heads + 2 * spec.num_kv_heads) * hd, d),  # q, k, v stacked: [(H + 2K)·hd, d]
+        "o_proj": (d, spec.num_attention_heads * hd),
+        "gate_up_proj": (2 * f, d),
+        "down_proj": (d, f),
+    }
