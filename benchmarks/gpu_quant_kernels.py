@@ -3,7 +3,8 @@
 Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_quant_kernels.py [--out DIR] [--quick]`.
 For Llama-3.1-8B and 70B layer shapes (fused qkv, o, gate_up, down) and M (tokens per GEMM) from 1 to 8192, it times
 each kernel of `llmlab.quant.kernels` (median of CUDA-event timings, weights rotated through more memory than the L2
-cache holds), and measures in the same run the peaks it is compared with: device-to-device copy bandwidth and the dense
+cache holds): "rows" time the low-precision GEMM alone (activations already quantized, as engines fuse that step),
+"layer_rows" the whole module call for fp8/int8 with our eager, unfused activation quantization. It also measures in the same run the peaks it is compared with: device-to-device copy bandwidth and the dense
 bf16 / FP8 / INT8 GEMM throughput at 8192³. It also checks that each real kernel gives the numbers fake quantization
 gives (relative error on one layer). Stores data/results/quant-gemm-<gpu>.json (raw rows; notebooks derive speedups).
 """
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         return 2
     Ms = (1, 16, 256, 4096) if args.quick else MS
     repeats = 10 if args.quick else 50
-    measurements = {"peaks": peaks(), "correctness": correctness(), "rows": [], "skipped": {}}
+    measurements = {"peaks": peaks(), "correctness": correctness(), "rows": [], "layer_rows": [], "skipped": {}}
     print("peaks:", {k: round(v, 1) for k, v in measurements["peaks"].items()}, flush=True)
     print("relative error vs fake-quant:", {k: f"{v:.2e}" for k, v in measurements["correctness"].items()}, flush=True)
     for kernel in KERNELS:
@@ -107,8 +108,11 @@ def main(argv=None) -> int:
             for kernel in KERNELS:
                 if kernel in measurements["skipped"]:
                     continue
-                for timing in gemm_sweep(kernel, N, K, Ms, "cuda", repeats=repeats):
+                for timing in gemm_sweep(kernel, N, K, Ms, "cuda", repeats=repeats, scope="gemm"):
                     measurements["rows"].append({"model": model, "linear": linear, **asdict(timing)})
+                if kernel in ("fp8", "int8"):  # the module call with eager activation quantization, for contrast
+                    for timing in gemm_sweep(kernel, N, K, Ms, "cuda", repeats=repeats, scope="layer"):
+                        measurements["layer_rows"].append({"model": model, "linear": linear, **asdict(timing)})
                 torch.cuda.empty_cache()
             rows = [r for r in measurements["rows"] if r["model"] == model and r["linear"] == linear]
             bf16 = {r["M"]: r["ms"] for r in rows if r["kernel"] == "bf16"}

@@ -76,15 +76,23 @@ class Int8Linear(torch.nn.Module):
         Q_W, s_W, _ = quantize(linear.weight.float(), 8, None, symmetric=True, axis=-1)  # per row: s [out, 1]
         return cls(Q_W.to(torch.int8), s_W, linear.bias, linear.weight.dtype)
 
+    def prepare(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activations X [tokens, in] -> (Q_X int8 [rows, in], s_X [tokens, 1]): per-token symmetric int8."""
+        Q_X, s_X, _ = quantize(X.float(), 8, None, symmetric=True, axis=-1)  # per token: s_X [tokens, 1]
+        if X.is_cuda and X.shape[0] < INT_MM_MIN_ROWS:  # pad decode rows: the CUDA kernel refuses M <= 16
+            Q_X = torch.nn.functional.pad(Q_X, (0, 0, 0, INT_MM_MIN_ROWS - X.shape[0]))
+        return Q_X.to(torch.int8), s_X
+
+    def kernel(self, Q_X: torch.Tensor, s_X: torch.Tensor) -> torch.Tensor:
+        """The INT8 GEMM Q_X [rows, in] · Q_Wᵀ -> int32 [rows, out], then the scales s_X s_Wᵀ, which sit outside the
+        inner sum (CUTLASS kernels apply them in the GEMM's epilogue; here they are one extra elementwise pass)."""
+        acc = torch._int_mm(Q_X, self.Q_W.t())[:s_X.shape[0]]  # [tokens, out] int32 (padding rows dropped)
+        return acc.float() * s_X * self.s_W
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
-        Q_X, s_X, _ = quantize(X.float(), 8, None, symmetric=True, axis=-1)  # per token: s_X [tokens, 1]
-        tokens = X.shape[0]
-        if X.is_cuda and tokens < INT_MM_MIN_ROWS:  # pad decode rows: the CUDA kernel refuses M <= 16
-            Q_X = torch.nn.functional.pad(Q_X, (0, 0, 0, INT_MM_MIN_ROWS - tokens))
-        acc = torch._int_mm(Q_X.to(torch.int8), self.Q_W.t())[:tokens]  # [tokens, out] int32
-        Y = (acc.float() * s_X * self.s_W).to(self.out_dtype)
+        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)
         if self.bias is not None:
             Y = Y + self.bias
         return Y.reshape(*shape[:-1], -1)
@@ -109,13 +117,18 @@ class FP8Linear(torch.nn.Module):
         Q_W, s_W = quantize_fp8(linear.weight.float(), "e4m3", axis=1)  # per row: s [out, 1]
         return cls(Q_W, s_W, linear.bias, linear.weight.dtype)
 
+    def prepare(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activations X [tokens, in] -> (Q_X e4m3 [tokens, in], s_X [tokens, 1] float32): per token."""
+        return quantize_fp8(X.float(), "e4m3", axis=1)
+
+    def kernel(self, Q_X: torch.Tensor, s_X: torch.Tensor) -> torch.Tensor:
+        """The FP8 GEMM with its scales applied in the epilogue (row-wise scaling wants a bf16 output)."""
+        return torch._scaled_mm(Q_X, self.Q_W.t(), scale_a=s_X, scale_b=self.s_W, out_dtype=torch.bfloat16)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
-        Q_X, s_X = quantize_fp8(X.float(), "e4m3", axis=1)  # per token: s_X [tokens, 1]
-        # row-wise scaled GEMM wants bf16 output: scale_a [tokens, 1], scale_b [1, out]
-        Y = torch._scaled_mm(Q_X, self.Q_W.t(), scale_a=s_X.float(), scale_b=self.s_W, out_dtype=torch.bfloat16)
-        Y = Y.to(self.out_dtype)
+        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)  # scale_a [tokens, 1], scale_b [1, out]
         if self.bias is not None:
             Y = Y + self.bias
         return Y.reshape(*shape[:-1], -1)
@@ -162,14 +175,19 @@ class Int4Linear(torch.nn.Module):
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()  # [n_groups, out, 2]
         return cls(packed, scales_and_zeros, group_size, Q.shape[0], bias, out_dtype)
 
+    def prepare(self, X: torch.Tensor) -> tuple[torch.Tensor]:
+        return (X.to(torch.bfloat16),)  # W4A16: activations stay 16-bit
+
+    def kernel(self, X: torch.Tensor) -> torch.Tensor:
+        """The W4A16 GEMM: codes unpacked and scaled inside the kernel."""
+        if X.is_cuda:
+            return torch._weight_int4pack_mm(X, self.packed, self.group_size, self.scales_and_zeros)
+        return torch._weight_int4pack_mm_for_cpu(X, self.packed, self.group_size, self.scales_and_zeros)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        X = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [..., in] -> [tokens, in]
-        if X.is_cuda:
-            Y = torch._weight_int4pack_mm(X, self.packed, self.group_size, self.scales_and_zeros)
-        else:
-            Y = torch._weight_int4pack_mm_for_cpu(X, self.packed, self.group_size, self.scales_and_zeros)
-        Y = Y.to(self.out_dtype)
+        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
+        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)
         if self.bias is not None:
             Y = Y + self.bias
         return Y.reshape(*shape[:-1], -1)
@@ -221,7 +239,7 @@ class GemmTiming:
     M: int  # tokens (rows of X): 1 for single-stream decode, thousands for prefill
     N: int  # output features
     K: int  # input features
-    ms: float  # median milliseconds per GEMM (activation quantization included for fp8 / int8)
+    ms: float  # median milliseconds per call (scope "layer": activation quantization included for fp8 / int8)
     tflops: float  # 2·M·N·K / time
     gbps: float  # (weight bytes + input + output bytes) / time
     weight_bytes: int  # bytes of the weight in its format, scales included
@@ -257,10 +275,16 @@ def _timer(device: torch.device):
 
 @torch.no_grad()
 def gemm_sweep(kernel: str, N: int, K: int, Ms=(1, 16, 256, 4096), device="cuda", group_size: int = 128,
-               repeats: int = 50, rotate_bytes: int = 256 * 2**20, seed: int = 0) -> list[GemmTiming]:
-    """Median time of Y = X Wᵀ for `kernel` with W [N, K] and X [M, K] for each M in `Ms`, random data (the whole
-    layer call: activation quantization included). Several weight copies totalling `rotate_bytes` (≥ 5× an H100's
+               repeats: int = 50, rotate_bytes: int = 256 * 2**20, seed: int = 0,
+               scope: str = "gemm") -> list[GemmTiming]:
+    """Median time of Y = X Wᵀ for `kernel` with W [N, K] and X [M, K] for each M in `Ms`, random data.
+
+    scope "gemm": the low-precision GEMM alone, activations already quantized (serving engines fuse the activation
+    quantization into the previous kernel); "layer": our whole module call, with its unfused activation quantization
+    (several elementwise kernels in eager PyTorch). Several weight copies totalling `rotate_bytes` (≥ 5× an H100's
     50 MB L2) are used in turn so the weights come from memory, as in a model whose layers do not fit in cache."""
+    if scope not in ("gemm", "layer"):
+        raise ValueError(f"scope={scope!r}; choose 'gemm' (the kernel alone) or 'layer' (the module call)")
     _check_kernel(kernel)
     device = torch.device(device)
     ok, reason = kernel_available(kernel, device)
@@ -279,9 +303,13 @@ def gemm_sweep(kernel: str, N: int, K: int, Ms=(1, 16, 256, 4096), device="cuda"
     timings = []
     for M in Ms:
         X = torch.randn(M, K, generator=generator, device=device).to(torch.bfloat16)
-        for layer in layers:  # warm-up: kernel selection, lazy initialisation
-            layer(X)
-        seconds = timer(lambda i: layers[i % copies](X), repeats) / 1e3
+        if scope == "layer" or kernel == "bf16":
+            calls = [lambda layer=layer: layer(X) for layer in layers]
+        else:
+            calls = [lambda layer=layer, args=layer.prepare(X): layer.kernel(*args) for layer in layers]
+        for call in calls:  # warm-up: kernel selection, lazy initialisation
+            call()
+        seconds = timer(lambda i: calls[i % copies](), repeats) / 1e3
         moved = weight_bytes + 2 * M * K + 2 * M * N
         timings.append(GemmTiming(kernel, M, N, K, seconds * 1e3, 2 * M * N * K / seconds / 1e12,
                                   moved / seconds / 1e9, weight_bytes))
