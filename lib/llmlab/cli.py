@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(subcommands)
     _add_paged_sim(subcommands)
     _add_serve_cmd(subcommands)
+    _add_quantize_matrix(subcommands)
     return parser
 
 
@@ -426,3 +427,66 @@ def _serve_cmd_command(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# llmlab quantize-matrix
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _add_quantize_matrix(subcommands) -> None:
+    command = subcommands.add_parser(
+        "quantize-matrix", help="every quantization method on one model: perplexity, size, seconds (chapter 08)",
+        description="Quantize fresh copies of one model with each method (ours from scratch, bitsandbytes, "
+                    "llm-compressor), on the same calibration and evaluation text, and print per method the "
+                    "perplexity, the weight bytes of a checkpoint in that format, the quantization seconds and, with "
+                    "--speed, decode tokens/s with the real low-precision kernel.")
+    command.add_argument("--model", default="smollm2-135m",
+                         help="the embedded model (default), a local folder, or a hub id when online")
+    command.add_argument("--methods", help="comma-separated, e.g. fp16,rtn-w4g64,gptq-w4g64,llmc-gptq-w4g64 "
+                                           "(default: the full matrix; see llmlab.quant.matrix)")
+    command.add_argument("--calib-samples", type=int, help="calibration windows (default 32; 8 with LLMLAB_BUDGET=small)")
+    command.add_argument("--seq-len", type=int, help="tokens per calibration window and perplexity window "
+                                                      "(default 512; 256 with LLMLAB_BUDGET=small)")
+    command.add_argument("--eval-tokens", type=int, help="evaluation tokens (default 16384; 4096 small)")
+    command.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    command.add_argument("--speed", action="store_true", help="also time decoding with each format's real kernel")
+    command.add_argument("--threads", type=int, help="torch CPU threads (on a busy 2-core machine 1 is fastest)")
+    command.add_argument("--save", metavar="NAME", help="store the result as data/results/NAME.json with provenance")
+    command.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    command.set_defaults(handler=_quantize_matrix_command)
+
+
+def _quantize_matrix_command(args) -> int:
+    from llmlab.paths import budget
+    from llmlab.quant.matrix import DEFAULT_METHODS, format_matrix, parse_method, run_matrix
+
+    small = budget() == "small"
+    methods = [m for m in (args.methods.split(",") if args.methods else DEFAULT_METHODS) if m.strip()]
+    for method in methods:
+        parse_method(method)  # a typo fails now, with the list of names
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device {args.device!r}: choose cpu or cuda")
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU here; run on CPU (--device cpu) or see the stored H100 run "
+                         "(data/results/quant-matrix-h100.json)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def progress(row):
+        figures = (f"ppl {row.perplexity:.3f}, {row.quantize_seconds:.1f} s" if row.status == "ok"
+                   else f"skipped: {row.reason}")
+        print(f"  {row.method}: {figures}", file=sys.stderr, flush=True)
+
+    result = run_matrix(methods, args.calib_samples or (8 if small else 32), args.seq_len or (256 if small else 512),
+                        args.eval_tokens or (4096 if small else 16384), args.model, args.device, args.speed,
+                        on_row=progress)
+    if args.save:
+        from llmlab.results import save_result
+
+        print(f"stored {save_result(args.save, result, command=' '.join(['llmlab', *sys.argv[1:]]))}",
+              file=sys.stderr)
+    print(json.dumps(result, indent=1) if args.json else format_matrix(result))
+    return 0
