@@ -425,9 +425,6 @@ def _serve_cmd_command(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --------------------------------------------------------------------------------------------------------------
 # llmlab quantize-matrix
@@ -490,3 +487,7 @@ def _quantize_matrix_command(args) -> int:
               file=sys.stderr)
     print(json.dumps(result, indent=1) if args.json else format_matrix(result))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
