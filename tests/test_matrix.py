@@ -99,3 +99,19 @@ def test_cli_refuses_cuda_without_a_gpu():
     out = subprocess.run([sys.executable, "-m", "llmlab.cli", "quantize-matrix", "--methods", "fp16", "--device",
                           "cuda"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no CUDA GPU here" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_merge_keeps_earlier_rows_and_refuses_other_settings():
+    from dataclasses import asdict
+
+    from llmlab.quant.matrix import merge
+
+    setup = {"model": "smollm2-135m", "device": "cuda", "threads": 1, "eval_tokens": 16384, "speed": True}
+    earlier = {"provenance": {"command": "llmlab quantize-matrix --methods fp16,rtn-w4g64"},
+               "measurements": {"setup": setup, "rows": [asdict(MatrixRow("fp16", "ok", 13.9)),
+                                                         asdict(MatrixRow("rtn-w4g64", "ok", 20.0))]}}
+    now = {"setup": {**setup, "threads": 16}, "rows": [asdict(MatrixRow("rtn-w4g64", "ok", 20.2))], "comparisons": {}}
+    merged = merge(earlier, now)
+    assert [(r["method"], r["perplexity"]) for r in merged["rows"]] == [("fp16", 13.9), ("rtn-w4g64", 20.2)]
+    with pytest.raises(ValueError, match="other settings"):
+        merge(earlier, {**now, "setup": {**setup, "eval_tokens": 4096}})

@@ -450,18 +450,22 @@ def _add_quantize_matrix(subcommands) -> None:
     command.add_argument("--speed", action="store_true", help="also time decoding with each format's real kernel")
     command.add_argument("--threads", type=int, help="torch CPU threads (on a busy 2-core machine 1 is fastest)")
     command.add_argument("--save", metavar="NAME", help="store the result as data/results/NAME.json with provenance")
+    command.add_argument("--merge", action="store_true",
+                         help="with --save: keep the stored rows of NAME that this run does not redo (same settings)")
     command.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     command.set_defaults(handler=_quantize_matrix_command)
 
 
 def _quantize_matrix_command(args) -> int:
     from llmlab.paths import budget
-    from llmlab.quant.matrix import DEFAULT_METHODS, format_matrix, parse_method, run_matrix
+    from llmlab.quant.matrix import DEFAULT_METHODS, format_matrix, merge, parse_method, run_matrix
 
     small = budget() == "small"
     methods = [m for m in (args.methods.split(",") if args.methods else DEFAULT_METHODS) if m.strip()]
     for method in methods:
         parse_method(method)  # a typo fails now, with the list of names
+    if args.merge and not args.save:
+        raise ValueError("--merge needs --save NAME (the stored matrix to merge into)")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ValueError(f"--device {args.device!r}: choose cpu or cuda")
     import torch
@@ -481,8 +485,11 @@ def _quantize_matrix_command(args) -> int:
                         args.eval_tokens or (4096 if small else 16384), args.model, args.device, args.speed,
                         on_row=progress)
     if args.save:
-        from llmlab.results import save_result
+        from llmlab.paths import results_dir
+        from llmlab.results import load_result, save_result
 
+        if args.merge and (results_dir() / f"{args.save}.json").is_file():
+            result = merge(load_result(args.save), result)
         print(f"stored {save_result(args.save, result, command=' '.join(['llmlab', *sys.argv[1:]]))}",
               file=sys.stderr)
     print(json.dumps(result, indent=1) if args.json else format_matrix(result))

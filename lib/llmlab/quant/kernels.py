@@ -33,7 +33,7 @@ KERNELS = ("bf16", "fp8", "int8", "int4")
 MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "int8": (7, 5), "int4": (8, 0)}  # native, per kernel
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows: decode rows are padded up to this many
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # group sizes torch's int4 kernel accepts
-INT4_INNER_K_TILES = 8  # packing parameter of torch's int4 layout (2, 4 or 8); 8 is what gpt-fast / torchao use
+INT4_INNER_K_TILES = (8, 4, 2)  # packing parameter of torch's int4 layout: the largest with in_features % (16·t) == 0
 
 
 def _check_kernel(kernel: str) -> None:
@@ -166,11 +166,14 @@ class Int4Linear(torch.nn.Module):
                    out_dtype: torch.dtype = torch.bfloat16) -> "Int4Linear":
         """From signed codes Q [out, in] in [-8, 7] and scales s [out, in / group] (Ŵ = s · Q, groups of columns)."""
         q = (Q + 8).to(torch.int32)  # unsigned codes 0..15; the kernel computes (q − 8) · s + z
+        in_features = q.shape[1]
+        tiles = next((t for t in INT4_INNER_K_TILES if in_features % (16 * t) == 0), None)
+        if tiles is None:
+            raise ValueError(f"torch's int4 kernel needs in_features divisible by 32; got {in_features}")
         if q.is_cuda:  # CUDA layout input: two codes per byte, [out, in / 2] uint8, high nibble first
-            packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8),
-                                                       INT4_INNER_K_TILES)
+            packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), tiles)
         else:
-            packed = torch._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
+            packed = torch._convert_weight_to_int4pack_for_cpu(q, tiles)
         scales = s.t().to(torch.bfloat16)  # [out, n_groups] -> [n_groups, out]
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()  # [n_groups, out, 2]
         return cls(packed, scales_and_zeros, group_size, Q.shape[0], bias, out_dtype)

@@ -241,7 +241,11 @@ def run_method(method: str | Method, calibration_ids: torch.Tensor, evaluation_i
     row.perplexity = perplexity(model, evaluation_ids, seq_len)
     row.eval_seconds = time.perf_counter() - start
     if speed:
-        row.decode_tokens_per_s, row.speed_kernel = _decode_speed(model, method, evaluation_ids[:, :64], new_tokens)
+        try:
+            row.decode_tokens_per_s, row.speed_kernel = _decode_speed(model, method, evaluation_ids[:, :64],
+                                                                      new_tokens)
+        except (RuntimeError, ValueError) as error:  # a kernel that refuses this shape: the row keeps its quality
+            row.speed_kernel = f"failed: {str(error).splitlines()[0][:160]}"
     return row
 
 
@@ -312,6 +316,22 @@ def run_matrix(methods=DEFAULT_METHODS, calib_samples: int = 32, seq_len: int = 
              "calibration": f"{calib_samples} x {seq_len} tokens", "calib_samples": calib_samples,
              "seq_len": seq_len, "eval_tokens": eval_ids.shape[1], "perplexity_window": seq_len, "speed": speed}
     return {"setup": setup, "rows": [asdict(row) for row in rows], "comparisons": comparisons(rows)}
+
+
+def merge(previous: dict, result: dict) -> dict:
+    """`result` with the rows of an earlier run (`previous`, a stored result: {"provenance", "measurements"}) that
+    it did not re-run, when both used the same settings; comparisons recomputed. Lets a long matrix run in parts."""
+    earlier = previous["measurements"]
+    same = {k: v for k, v in earlier["setup"].items() if k != "threads"} == \
+        {k: v for k, v in result["setup"].items() if k != "threads"}
+    if not same:
+        raise ValueError("the stored matrix was measured with other settings (model, device, tokens, speed): "
+                         "save under another name or re-run its methods")
+    rerun = {row["method"] for row in result["rows"]}
+    rows = [row for row in earlier["rows"] if row["method"] not in rerun] + result["rows"]
+    parts = earlier.get("parts", [previous["provenance"]["command"]])
+    return {**result, "rows": rows, "comparisons": comparisons([MatrixRow(**row) for row in rows]),
+            "parts": parts + ["(this run: see provenance)"], "merged_from": previous["provenance"]}
 
 
 def format_matrix(result: dict) -> str:
