@@ -111,3 +111,26 @@ def test_cuda_kernels_match_fake_quant():
             X.float() @ rtn(linear.weight.detach(), 4, 128).t() + linear.bias if kernel == "int4" else \
             W8A8Linear.from_linear(linear, "per-token", "fp8")(X.float())
         assert _relative(real_linear(linear, kernel)(X), reference) < 1e-2, kernel
+
+
+def test_speedups_sum_a_layer_and_divide():
+    from llmlab.quant.kernels import speedups
+
+    rows = [{"model": "m", "linear": "a", "M": 1, "kernel": "bf16", "ms": 2.0},
+            {"model": "m", "linear": "b", "M": 1, "kernel": "bf16", "ms": 4.0},
+            {"model": "m", "linear": "a", "M": 1, "kernel": "int4", "ms": 1.0},
+            {"model": "m", "linear": "b", "M": 1, "kernel": "int4", "ms": 1.0}]
+    assert speedups(rows, "m") == {"int4": {1: 3.0}}  # (2 + 4) / (1 + 1)
+    with pytest.raises(LookupError, match="stored models"):
+        speedups(rows, "other")
+
+
+def test_stored_h100_gemms_show_what_the_chapters_teach():
+    from llmlab.quant.kernels import speedups
+    from llmlab.results import load_result
+
+    stored = load_result("quant-gemm-h100")
+    seventy = speedups(stored["measurements"]["rows"], "llama-3.1-70b")
+    assert seventy["int4"][1] > 2.0, seventy["int4"]  # observed 2.7x at M = 1: a quarter of the bytes
+    assert seventy["int4"][256] < 1.0, seventy["int4"]  # observed 0.05x: torch's int4 kernel is a decode kernel
+    assert seventy["fp8"][4096] > 1.4, seventy["fp8"]  # observed 1.73x: FP8 tensor cores, compute-bound prefill

@@ -335,3 +335,19 @@ def layer_gemm_shapes(spec) -> dict[str, tuple[int, int]]:
         "gate_up_proj": (2 * f, d),
         "down_proj": (d, f),
     }
+
+
+def speedups(rows: list[dict], model: str, baseline: str = "bf16") -> dict[str, dict[int, float]]:
+    """{kernel: {M: speedup over `baseline`}} for one model's stored GEMM rows (`benchmark rows`: model, linear, M,
+    kernel, ms): the time of the whole layer (all its GEMMs summed), baseline time / kernel time."""
+    totals: dict[tuple[str, int], float] = {}
+    for row in rows:
+        if row["model"] == model:
+            totals[row["kernel"], row["M"]] = totals.get((row["kernel"], row["M"]), 0.0) + row["ms"]
+    if not totals:
+        raise LookupError(f"no rows for {model!r}; the stored models are {sorted({r['model'] for r in rows})}")
+    result: dict[str, dict[int, float]] = {}
+    for (kernel, M), ms in sorted(totals.items(), key=lambda item: (item[0][0], item[0][1])):
+        if kernel != baseline and (baseline, M) in totals:
+            result.setdefault(kernel, {})[M] = totals[baseline, M] / ms
+    return result
