@@ -7,6 +7,8 @@ set a control's value and compare `.result` with the same call made directly.
     planner_widget()   llmlab.memory.plan: model, precision, KV dtype, context, batch, GPU, tensor parallel,
                        gpu_memory_utilization, int4 group size
     plan_markdown()    how a Plan is shown (bytes in GB = 10**9 and GiB = 2**30, as the course writes them)
+    gptq_layer_widget(W, H)   llmlab.quant.gptq.compare_with_rtn: bits, group size, act-order on one layer (ch. 07)
+    grid_error_widget(weights)   llmlab.quant.formats.int_grid_error: layer, bits, group size, symmetry (ch. 04)
 """
 
 from __future__ import annotations
@@ -111,3 +113,139 @@ def planner_widget(**defaults) -> PlannerWidget:
 def _with(options: tuple[int, ...], value: int) -> list[int]:
     """The offered options, plus `value` in its place when it is not one of them."""
     return sorted({*options, value})
+
+
+# ---------------------------------------------------------------- chapter 07: RTN vs GPTQ on one layer
+
+PER_ROW = "per row"  # the group-size choice meaning one grid per output row (group_size=None)
+LAYER_BITS = (2, 3, 4, 8)  # integer widths the GPTQ layer widget offers
+
+
+def layer_comparison_markdown(result) -> str:
+    """A `llmlab.quant.gptq.LayerComparison` as Markdown: weight error and layer-output error of RTN and GPTQ."""
+    group = f"group {result.group_size}" if result.group_size else "one grid per row"
+    rows = [{"method": name, "weight MSE": f"{weight:.3g}", "output error ‖WX − ŴX‖²/N": f"{output:.4g}"}
+            for name, weight, output in (("RTN", result.rtn_weight_mse, result.rtn_output_error),
+                                         ("GPTQ" + (" (act-order)" if result.act_order else ""),
+                                          result.gptq_weight_mse, result.gptq_output_error))]
+    ratio = result.gptq_output_error / result.rtn_output_error if result.rtn_output_error else float("nan")
+    return "\n".join([f"**int{result.bits}, {group}**", "", markdown_table(rows), "",
+                      f"GPTQ's output error is **{ratio:.2f}×** RTN's; its weight MSE is "
+                      f"{result.gptq_weight_mse / result.rtn_weight_mse:.2f}× RTN's."])
+
+
+class GPTQLayerWidget(widgets.VBox):
+    """Bits, group size and act-order for `llmlab.quant.gptq.compare_with_rtn` on one layer's W [out, in] and
+    H [in, in]; `.result` is the last LayerComparison (None after a refusal)."""
+
+    def __init__(self, W, H, bits: int = 4, group_size: int | None = 64, act_order: bool = False):
+        in_features = W.shape[1]
+        sizes = [g for g in (32, 64, 96, 128, 192, 256) if in_features % g == 0]
+        self.W, self.H = W, H
+        self.controls = {
+            "bits": widgets.Dropdown(options=_with(LAYER_BITS, bits), value=bits, description="bits"),
+            "group_size": widgets.Dropdown(options=[PER_ROW, *_with(tuple(sizes), group_size or sizes[0])],
+                                           value=group_size or PER_ROW, description="group size"),
+            "act_order": widgets.Checkbox(value=act_order, description="act-order"),
+        }
+        self.output = widgets.Output()
+        self.result = None
+        for control in self.controls.values():
+            control.observe(lambda change: self.refresh(), names="value")
+        super().__init__([widgets.HBox(list(self.controls.values())), self.output])
+        self.refresh()
+
+    def arguments(self) -> dict:
+        """The controls' values as `compare_with_rtn`'s keyword arguments."""
+        values = {name: control.value for name, control in self.controls.items()}
+        return {**values, "group_size": None if values["group_size"] == PER_ROW else values["group_size"]}
+
+    def refresh(self) -> None:
+        """Call `compare_with_rtn` with the controls' values and show what it returns (or its refusal)."""
+        from llmlab.quant.gptq import compare_with_rtn
+
+        try:
+            self.result = compare_with_rtn(self.W, self.H, **self.arguments())
+            text = layer_comparison_markdown(self.result)
+        except ValueError as refusal:
+            self.result, text = None, f"**refused:** {refusal}"
+        self.output.outputs = ()
+        self.output.append_display_data(Markdown(text))
+
+    @property
+    def text(self) -> str:
+        """The Markdown on display now."""
+        return self.output.outputs[-1]["data"]["text/markdown"]
+
+
+def gptq_layer_widget(W, H, **defaults) -> GPTQLayerWidget:
+    """Chapter 07's bits × group size explorer on one layer (W [out, in], its Hessian H [in, in])."""
+    return GPTQLayerWidget(W, H, **defaults)
+
+
+# ---------------------------------------------------------------- chapter 04: an INT grid's error on one layer
+
+GRID_BITS = (2, 3, 4, 5, 6, 8)  # integer widths the grid-error widget offers
+GRID_GROUPS = (32, 64, 96, 128, 192, 256)  # group sizes offered (those not dividing the layer are refused)
+
+
+def grid_error_markdown(result: dict) -> str:
+    """An `llmlab.quant.formats.int_grid_error` result as Markdown: storage cost beside the error."""
+    group = f"group {result['group_size']}" if result["group_size"] else "one scale per row"
+    kind = "symmetric" if result["symmetric"] else "asymmetric (with zero point)"
+    row = {"bits per weight (16-bit scales incl.)": f"{result['bits_per_weight']:.3f}",
+           "relative error ‖W − Ŵ‖/‖W‖": f"{result['relative_error']:.4f}",
+           "SQNR (dB)": f"{result['sqnr_db']:.1f}",
+           "largest error max(abs(W − Ŵ))": f"{result['max_abs_error']:.3g}"}
+    return "\n".join([f"**int{result['bits']}, {group}, {kind}**", "", markdown_table([row])])
+
+
+class GridErrorWidget(widgets.VBox):
+    """Layer, bits, group size and symmetry for `llmlab.quant.formats.int_grid_error` on one of `weights`
+    (name -> W [out, in]); `.result` is the last report (None after a refusal)."""
+
+    def __init__(self, weights, layer: str | None = None, bits: int = 4, group_size: int | None = 64,
+                 symmetric: bool = True):
+        self.weights = dict(weights)
+        self.controls = {
+            "layer": widgets.Dropdown(options=list(self.weights), value=layer or next(iter(self.weights)),
+                                      description="layer"),
+            "bits": widgets.Dropdown(options=_with(GRID_BITS, bits), value=bits, description="bits"),
+            "group_size": widgets.Dropdown(options=[PER_ROW, *_with(GRID_GROUPS, group_size or GRID_GROUPS[0])],
+                                           value=group_size or PER_ROW, description="group size"),
+            "symmetric": widgets.Checkbox(value=symmetric, description="symmetric"),
+        }
+        self.output = widgets.Output()
+        self.result = None
+        for control in self.controls.values():
+            control.observe(lambda change: self.refresh(), names="value")
+        super().__init__([widgets.HBox(list(self.controls.values())), self.output])
+        self.refresh()
+
+    def arguments(self) -> dict:
+        """The controls' values as `int_grid_error`'s arguments (W picked by the layer name)."""
+        values = {name: control.value for name, control in self.controls.items()}
+        return {"W": self.weights[values["layer"]], "bits": values["bits"], "symmetric": values["symmetric"],
+                "group_size": None if values["group_size"] == PER_ROW else values["group_size"]}
+
+    def refresh(self) -> None:
+        """Call `int_grid_error` with the controls' values and show what it returns (or its refusal)."""
+        from llmlab.quant.formats import int_grid_error
+
+        try:
+            self.result = int_grid_error(**self.arguments())
+            text = grid_error_markdown(self.result)
+        except ValueError as refusal:
+            self.result, text = None, f"**refused:** {refusal}"
+        self.output.outputs = ()
+        self.output.append_display_data(Markdown(text))
+
+    @property
+    def text(self) -> str:
+        """The Markdown on display now."""
+        return self.output.outputs[-1]["data"]["text/markdown"]
+
+
+def grid_error_widget(weights, **defaults) -> GridErrorWidget:
+    """Chapter 04's bits × group size explorer: an INT grid's error on one layer of `weights` (name -> W)."""
+    return GridErrorWidget(weights, **defaults)

@@ -221,3 +221,71 @@ def sqnr_db(W: torch.Tensor, W_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio 10·log10(‖W‖² / ‖W − Ŵ‖²) in dB; each extra bit adds about 6 dB."""
     noise = (W.float() - W_hat.float()).pow(2).sum()
     return (10 * torch.log10(W.float().pow(2).sum() / noise)).item() if noise > 0 else float("inf")
+
+
+# ---------------------------------------------------------------- one format at one granularity (chapter 04)
+
+FORMAT_NAMES = ("fp16", "bf16", "e4m3", "e5m2", "int8", "int4", "nf4")  # what fake_quantize_format and
+# representable_values accept
+GRANULARITIES = ("tensor", "channel", "group")  # one scale per tensor, per output row, per group of input columns
+
+
+def representable_values(fmt: str) -> torch.Tensor:
+    """Every finite value a format can hold, sorted (float64): fp16/bf16/e4m3/e5m2 from all their bit patterns;
+    int8 and int4 as their integer codes (signed, before any scale); nf4 as its 16 normalized values."""
+    if fmt in ("fp16", "bf16", "e4m3", "e5m2"):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn,
+                 "e5m2": torch.float8_e5m2}[fmt]
+        width = torch.finfo(dtype).bits
+        patterns = torch.arange(2**width, dtype=torch.int32).to(torch.int16 if width == 16 else torch.uint8)
+        values = patterns.view(dtype).double()  # every bit pattern read as a number
+        return torch.unique(values[torch.isfinite(values)])  # NaNs and infinities dropped, −0 merged with +0
+    if fmt in ("int8", "int4"):
+        q_min, q_max = int_range(8 if fmt == "int8" else 4, True)
+        return torch.arange(q_min, q_max + 1, dtype=torch.float64)
+    if fmt == "nf4":
+        return nf4_codebook().double()
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_NAMES)}")
+
+
+def fake_quantize_format(W: torch.Tensor, fmt: str, granularity: str = "channel", group_size: int = 64) -> torch.Tensor:
+    """W [out, in] through `fmt` and back (float32), with one scale per tensor, per output row ("channel") or per
+    `group_size` input columns of a row ("group"). fp16/bf16 are plain casts (no scale: granularity is ignored); FP8
+    scales map the absmax to the format's max; int8/int4 use the symmetric grids of `quantize`; NF4's absmax blocks are
+    the whole tensor, a row, or a group of consecutive weights."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+    if fmt in ("fp16", "bf16"):
+        return W.to(torch.float16 if fmt == "fp16" else torch.bfloat16).float()
+    out_features, in_features = W.shape
+    if granularity == "group":
+        check_group_size(in_features, group_size, 4 if fmt in ("int4", "nf4") else 8)
+    width = {"tensor": W.numel(), "channel": in_features, "group": group_size}[granularity]  # weights per scale
+    if fmt in ("e4m3", "e5m2"):
+        blocks = W.float().reshape(-1, width)  # [out, in] -> [n_scales, width], rows never straddled
+        return dequantize_fp8(*quantize_fp8(blocks, fmt, axis=1)).reshape(W.shape)
+    if fmt in ("int8", "int4"):
+        bits = 8 if fmt == "int8" else 4
+        axis = None if granularity == "tensor" else -1
+        return fake_quantize(W.float(), bits, group_size if granularity == "group" else None, True, axis)
+    if fmt == "nf4":
+        return dequantize_nf4(*quantize_nf4(W, width))
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_NAMES)}")
+
+
+def error_report(W: torch.Tensor, W_hat: torch.Tensor) -> dict:
+    """How far Ŵ is from W: relative Frobenius error, SQNR (dB) and the largest absolute error."""
+    return {"relative_error": relative_error(W, W_hat), "sqnr_db": sqnr_db(W, W_hat),
+            "max_abs_error": (W.float() - W_hat.float()).abs().max().item()}
+
+
+def int_grid_error(W: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
+                   scale_bits: int = 16) -> dict:
+    """Round W [out, in] to an INT-`bits` grid with one scale per `group_size` input columns (None: per output row)
+    and report the error beside the storage cost: bits per weight including one `scale_bits` scale per group (and a
+    `bits`-wide zero point when asymmetric)."""
+    W_hat = fake_quantize(W.float(), bits, group_size, symmetric)
+    per_scale = W.shape[-1] if group_size is None else group_size
+    overhead = (scale_bits + (0 if symmetric else bits)) / per_scale
+    return {"bits": bits, "group_size": group_size, "symmetric": symmetric, "bits_per_weight": bits + overhead,
+            **error_report(W, W_hat)}
