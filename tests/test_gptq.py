@@ -296,3 +296,45 @@ def test_gptq_w3g64_clearly_beats_rtn_on_the_embedded_model(small_budget):
     ppl_rtn, ppl_gptq = _perplexities(3, small_budget)
     # observed (same budget): RTN 96.6, GPTQ 42.5 (ratio 0.44): GPTQ removes two thirds of RTN's gap to 13.74
     assert ppl_gptq < 0.7 * ppl_rtn, (ppl_gptq, ppl_rtn)
+
+
+# ---------------------------------------------------------------- chapter 07: one layer measured (added functions)
+
+
+def test_output_error_from_the_hessian_equals_the_error_on_the_inputs():
+    from llmlab.quant.gptq import output_error
+
+    X = correlated_inputs(300, 16)
+    W = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    W_hat = rtn(W, 3, 8)
+    direct = (X @ (W - W_hat).T).pow(2).sum().item() / X.shape[0]  # ‖WX − ŴX‖² / N, with X kept
+    assert abs(output_error(W, W_hat, hessian(X)) - direct) < 1e-4 * direct  # observed: equal to float rounding
+
+
+def test_compare_with_rtn_gptq_moves_weights_further_but_the_output_less():
+    from llmlab.quant.gptq import compare_with_rtn
+
+    X = correlated_inputs(512, 64)
+    W = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
+    result = compare_with_rtn(W, hessian(X), 3, 16)
+    assert result.gptq_output_error < 0.8 * result.rtn_output_error  # observed 0.59x
+    assert result.gptq_weight_mse > result.rtn_weight_mse  # observed 3.7x: GPTQ trades weight error for output error
+    assert result.gptq_output_error == pytest.approx(
+        (X @ (W - gptq(W, hessian(X), 3, 16).Q).T).pow(2).sum().item() / 512, rel=1e-4)
+
+
+def test_gptq_layer_widget_shows_compare_with_rtn():
+    from llmlab.quant.gptq import compare_with_rtn
+    from llmlab.widgets import PER_ROW, gptq_layer_widget, layer_comparison_markdown
+
+    X = correlated_inputs(512, 64)
+    W = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
+    H = hessian(X)
+    widget = gptq_layer_widget(W, H, bits=4, group_size=32)
+    assert widget.result == compare_with_rtn(W, H, 4, 32)  # the widget's numbers are the library's
+    assert widget.text == layer_comparison_markdown(widget.result)
+    widget.controls["bits"].value = 3
+    widget.controls["group_size"].value = PER_ROW
+    widget.controls["act_order"].value = True
+    assert widget.result == compare_with_rtn(W, H, 3, None, act_order=True)
+    assert "int3, one grid per row" in widget.text and "GPTQ (act-order)" in widget.text

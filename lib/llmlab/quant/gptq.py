@@ -34,7 +34,8 @@ from typing import NamedTuple
 
 import torch
 
-from llmlab.quant.formats import check_group_size, grid_params, snap_to_grid
+from llmlab.quant.formats import check_group_size, grid_params, mse, snap_to_grid
+from llmlab.quant.rtn import rtn
 
 
 class GPTQResult(NamedTuple):
@@ -101,3 +102,34 @@ def gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = N
         W[:, i_end:] -= E @ Hinv[i:i_end, i_end:]  # line 10: [d_row, B] @ [B, d_col-i_end]
     Q = Q[:, torch.argsort(perm)] if act_order else Q  # columns back in natural order
     return GPTQResult(Q.contiguous(), scale, zero, loss.item())
+
+
+# ---------------------------------------------------------------- measuring one layer (chapter 07)
+
+
+def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """‖WX − ŴX‖² / N, the layer-output error GPTQ minimizes (Eq. 1) per calibration token, from H = 2XXᵀ/N alone:
+    Σ_rows ΔW H ΔWᵀ / 2 with ΔW = W − Ŵ [d_row, d_col] (no need to keep the inputs X)."""
+    D = W.float() - W_hat.float()  # [d_row, d_col]
+    return ((D @ H.float()) * D).sum().item() / 2  # Σ_i D[i] H D[i]ᵀ / 2
+
+
+class LayerComparison(NamedTuple):
+    """RTN and GPTQ on one layer, same grid: what each does to the weights and to the layer's output."""
+
+    bits: int  # integer bits per weight
+    group_size: int | None  # columns per grid (None: one grid per output row)
+    act_order: bool  # GPTQ quantized columns in decreasing H[j, j]
+    rtn_weight_mse: float  # mean (W − Ŵ)² of round-to-nearest
+    gptq_weight_mse: float  # mean (W − Ŵ)² of GPTQ: larger than RTN's, its weights moved to compensate
+    rtn_output_error: float  # ‖WX − ŴX‖² / N of RTN
+    gptq_output_error: float  # ‖WX − ŴX‖² / N of GPTQ: what it minimizes
+
+
+def compare_with_rtn(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None,
+                     act_order: bool = False, percdamp: float = 0.01) -> LayerComparison:
+    """Quantize W [d_row, d_col] with RTN and with GPTQ (Hessian H [d_col, d_col]) on the same grid and compare."""
+    W_rtn = rtn(W, bits, group_size)
+    W_gptq = gptq(W, H, bits, group_size, percdamp=percdamp, act_order=act_order).Q
+    return LayerComparison(bits, group_size, act_order, mse(W, W_rtn), mse(W, W_gptq),
+                           output_error(W, W_rtn, H), output_error(W, W_gptq, H))

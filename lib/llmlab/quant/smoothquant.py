@@ -23,12 +23,13 @@ activations (`llmlab.quant.w8a8`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from llmlab.quant.driver import ChannelStatistic, QuantizationReport, record_linear_inputs
 from llmlab.quant.mappings import balance_pairs, decoder_layers, mapping_for
-from llmlab.quant.w8a8 import method_name_w8a8, quantize_model_w8a8
+from llmlab.quant.w8a8 import method_name_w8a8, quantize_activation, quantize_model_w8a8, quantize_weight
 
 MIN_SCALE = 1e-5  # floor for max|X_j|, max|W_j| and s_j (the reference's clamp): a dead channel must not divide by 0
 
@@ -120,18 +121,33 @@ def smooth_model(model, act_scales: dict[str, ChannelStatistic | torch.Tensor], 
     mapping = mapping_for(model)
     smoothed = []
     for index, layer in enumerate(decoder_layers(model, mapping)):
-        for producer, consumers in norm_pairs(layer, mapping):
-            key = f"{mapping.layers}.{index}.{consumers[0]}"
-            if key not in act_scales:
-                raise LookupError(f"no activation scales for {key}; compute them with activation_scales(model, "
-                                  "calibration_ids) on this model before smoothing it")
-            stat = act_scales[key]
-            X_max = stat.abs_max if isinstance(stat, ChannelStatistic) else stat  # [in]
-            linears = [layer.get_submodule(name) for name in consumers]
-            s = smooth_scales(X_max, weight_channel_max([linear.weight for linear in linears]), alpha)
-            fold_scales(layer.get_submodule(producer), linears, s)
-            smoothed.append(f"{mapping.layers}.{index}.{producer}")
+        smoothed += smooth_layer(layer, f"{mapping.layers}.{index}.", mapping, act_scales, alpha)
     return smoothed
+
+
+@torch.no_grad()
+def smooth_layer(layer: torch.nn.Module, prefix: str, mapping, act_scales: dict, alpha: float = 0.5) -> list[str]:
+    """`smooth_model` for one decoder layer whose modules are named `prefix` + local name in `act_scales`."""
+    smoothed = []
+    for producer, consumers in norm_pairs(layer, mapping):
+        key = f"{prefix}{consumers[0]}"
+        if key not in act_scales:
+            raise LookupError(f"no activation scales for {key}; compute them with activation_scales(model, "
+                              "calibration_ids) on this model before smoothing it")
+        stat = act_scales[key]
+        X_max = stat.abs_max if isinstance(stat, ChannelStatistic) else stat  # [in]
+        linears = [layer.get_submodule(name) for name in consumers]
+        s = smooth_scales(X_max, weight_channel_max([linear.weight for linear in linears]), alpha)
+        fold_scales(layer.get_submodule(producer), linears, s)
+        smoothed.append(prefix + producer)
+    return smoothed
+
+
+def method_name_smoothquant(activations: str = "per-token", fmt: str = "int8") -> str:
+    """'smoothquant-w8a8', 'smoothquant-fp8-w8a8', '…-per-tensor' for per-tensor activations."""
+    method_name_w8a8(activations, fmt)  # refuses unknown settings
+    return ("smoothquant-" + ("w8a8" if fmt == "int8" else "fp8-w8a8")
+            + ("" if activations == "per-token" else "-per-tensor"))
 
 
 def smoothquant_quantize_model(model, calibration_ids: torch.Tensor | None = None, alpha: float = 0.5,
@@ -145,9 +161,7 @@ def smoothquant_quantize_model(model, calibration_ids: torch.Tensor | None = Non
     if act_scales is None and calibration_ids is None:
         raise ValueError("SmoothQuant needs activation scales: pass calibration_ids (e.g. calibration_batches("
                          "tokenizer, 32, 512)) or act_scales from activation_scales(model, calibration_ids)")
-    method_name_w8a8(activations, fmt)  # refuses unknown settings before the model is touched
-    method = "smoothquant-" + ("w8a8" if fmt == "int8" else "fp8-w8a8") + ("" if activations == "per-token"
-                                                                           else "-per-tensor")
+    method = method_name_smoothquant(activations, fmt)  # refuses unknown settings before the model is touched
     start = time.perf_counter()
     if act_scales is None:
         act_scales = activation_scales(model, calibration_ids, batch_size, progress)
@@ -160,16 +174,148 @@ def smoothquant_quantize_model(model, calibration_ids: torch.Tensor | None = Non
 def alpha_sweep(model, calibration_ids: torch.Tensor, evaluation_ids: torch.Tensor,
                 alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seq_len: int = 512, batch_size: int = 8) -> dict[float, float]:
     """Perplexity of SmoothQuant W8A8 (per-token) for each migration strength α: {α: ppl}. `model` is not modified
-    (each α runs on a deep copy); activation scales are measured once."""
-    import copy
-
+    (each α runs on a copy, `w8a8_copy`); activation scales are measured once."""
     from llmlab.evaluate import perplexity
 
     act_scales = activation_scales(model, calibration_ids, batch_size)
     result = {}
     for alpha in alphas:
-        smoothed = copy.deepcopy(model)
-        smoothquant_quantize_model(smoothed, alpha=alpha, act_scales=act_scales)
+        smoothed, _ = w8a8_copy(model, alpha, act_scales)
         result[alpha] = perplexity(smoothed, evaluation_ids, seq_len)
         del smoothed
     return result
+
+
+@torch.no_grad()
+def w8a8_copy(model, alpha: float | None = None, act_scales: dict | None = None, activations: str = "per-token",
+              fmt: str = "int8") -> tuple[torch.nn.Module, QuantizationReport]:
+    """(copy, report): a W8A8 copy of `model`, smoothed with migration strength `alpha` first when it is given
+    (`act_scales` from `activation_scales(model, …)`); `model` is not modified.
+
+    The same model as deepcopy + `quantize_model_w8a8` / `smoothquant_quantize_model` (tested), in less memory: the
+    copy shares `model`'s parameters, and works layer by layer: the norms and linears smoothing rescales in place are
+    copied just before, and the linears swapped for W8A8 ones just after, so one layer's copies live at a time. On the
+    embedded model: the W8A8 weights (0.43 GB of float32 fake-quant values) instead of 0.54 + 0.71 GB at the peak.
+    """
+    import copy
+
+    from llmlab.quant.mappings import layer_linears
+    from llmlab.quant.w8a8 import W8A8Linear
+
+    if alpha is not None and act_scales is None:
+        raise ValueError("smoothing needs act_scales: pass activation_scales(model, calibration_ids)")
+    method = method_name_w8a8(activations, fmt) if alpha is None else method_name_smoothquant(activations, fmt)
+    start = time.perf_counter()
+    duplicate = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})  # memo objects stay shared
+    mapping = mapping_for(duplicate)
+    report = QuantizationReport(method, 8, None)
+    for index, layer in enumerate(decoder_layers(duplicate, mapping)):
+        prefix = f"{mapping.layers}.{index}."
+        if alpha is not None:
+            for producer, consumers in norm_pairs(layer, mapping):
+                for name in (producer, *consumers):  # private copies of what fold_scales rescales in place
+                    module = layer.get_submodule(name)
+                    for key, parameter in module.named_parameters(recurse=False):
+                        setattr(module, key, torch.nn.Parameter(parameter.detach().clone(), parameter.requires_grad))
+            smooth_layer(layer, prefix, mapping, act_scales, alpha)
+        for name, linear in layer_linears(layer, mapping).items():
+            parent, _, child = name.rpartition(".")
+            setattr(layer.get_submodule(parent), child, W8A8Linear.from_linear(linear, activations, fmt))
+            report.quantized.append(prefix + name)
+    report.seconds = time.perf_counter() - start
+    return duplicate, report
+
+
+# ---------------------------------------------------------------- what SmoothQuant sees, on one layer (chapter 05)
+
+
+def outlier_channels(abs_max: torch.Tensor, k: int = 3) -> list[tuple[int, float]]:
+    """The `k` channels with the largest max|X_j| and how many times the median channel's max each one is:
+    [(channel j, max|X_j| / median_j max|X_j|), …], largest first."""
+    top = abs_max.float().topk(min(k, abs_max.numel()))
+    median = abs_max.float().median().clamp(min=MIN_SCALE)
+    return [(int(j), (value / median).item()) for value, j in zip(top.values, top.indices)]
+
+
+@torch.no_grad()
+def linear_inputs(model, calibration_ids: torch.Tensor, names, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """The inputs X [tokens, in] that the linears `names` (full module names) receive when the float model runs on
+    `calibration_ids` [n_samples, seq_len]: what one-layer demonstrations work on. Keep `names` few: each X is
+    tokens × in_features floats."""
+    linears = {name: model.get_submodule(name) for name in names}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+    device = next(model.parameters()).device
+    with record_linear_inputs(linears, lambda name, X: seen[name].append(X.reshape(-1, X.shape[-1]))):
+        for batch in calibration_ids.split(batch_size):
+            model(batch.to(device), use_cache=False)  # [batch_size, seq_len]
+    return {name: torch.cat(xs) for name, xs in seen.items()}  # [batch, seq, in] pieces -> [tokens, in]
+
+
+@dataclass
+class SmoothingRanges:
+    """Per-input-channel ranges of one smoothed group of linears, before and after folding s (the paper's Figure 4)."""
+
+    alpha: float  # migration strength used
+    s: torch.Tensor  # [in] smoothing factors s_j (Eq. 4)
+    act_before: torch.Tensor  # [in] max|X_j|
+    weight_before: torch.Tensor  # [in] max|W_j| over every consumer's rows
+    act_after: torch.Tensor  # [in] max|X_j / s_j|
+    weight_after: torch.Tensor  # [in] max|W_j · s_j|
+
+    def spread(self) -> dict[str, float]:
+        """max over channels / median over channels, for each of the four ranges: how hard each tensor is to
+        quantize with one scale across its channels (1 = flat)."""
+        return {name: outlier_ratio(getattr(self, name))
+                for name in ("act_before", "weight_before", "act_after", "weight_after")}
+
+
+def smoothing_ranges(act_scales: torch.Tensor, W_list: list[torch.Tensor], alpha: float = 0.5) -> SmoothingRanges:
+    """The ranges of X and W per input channel before and after smoothing with migration strength `alpha`, from
+    act_scales = max|X_j| [in] and the consumers' weights [out_i, in]."""
+    W_max = weight_channel_max(W_list)  # [in]
+    s = smooth_scales(act_scales, W_max, alpha)  # [in]
+    return SmoothingRanges(alpha, s, act_scales.float(), W_max, act_scales.float() / s, W_max * s)
+
+
+def w8a8_output_error(X: torch.Tensor, W: torch.Tensor, s: torch.Tensor | None = None,
+                      activations: str | None = "per-token", weights: bool = True, fmt: str = "int8") -> float:
+    """How far a W8A8 linear's output lands from the float one: mean over tokens t of ‖ŷ_t − y_t‖ / ‖y_t‖, with
+    y = X Wᵀ and ŷ = Q(X / s) Q(W · s)ᵀ (SmoothQuant's Eq. 3; s=None: no smoothing).
+
+    X [tokens, in], W [out, in]. `activations`: "per-token", "per-tensor", or None to keep them in float;
+    `weights`: False keeps them in float. Switching one off shows which side the error comes from. Every token
+    counts the same, so a few tokens with huge activations (the first one, often) do not hide the others.
+    """
+    X, W = X.reshape(-1, X.shape[-1]).float(), W.float()  # [..., in] -> [tokens, in]
+    Y = X @ W.T  # [tokens, out]
+    if s is not None:
+        X, W = X / s, W * s  # diag(s)⁻¹ on X's channels, diag(s) on W's input columns
+    X_hat = X if activations is None else quantize_activation(X, activations, fmt)
+    W_hat = quantize_weight(W, fmt) if weights else W
+    Y_hat = X_hat @ W_hat.T  # [tokens, out]
+    return ((Y_hat - Y).norm(dim=-1) / Y.norm(dim=-1).clamp(min=1e-12)).mean().item()
+
+
+@torch.no_grad()
+def activation_errors(model, calibration_ids: torch.Tensor, batch_size: int = 1, fmt: str = "int8",
+                      granularities=("per-tensor", "per-token")) -> dict[str, dict[str, float]]:
+    """For every decoder linear that starts a group sharing one input (as `activation_scales`), the output error of
+    quantizing only its activations at each granularity: {name: {granularity: w8a8_output_error(..., weights=False)}},
+    averaged over the calibration batches. `batch_size=1` gives each per-tensor scale one sequence, as when
+    perplexity scores one window at a time."""
+    mapping = mapping_for(model)
+    linears = {f"{mapping.layers}.{index}.{group[0]}": layer.get_submodule(group[0])
+               for index, layer in enumerate(decoder_layers(model, mapping)) for group in mapping.sequential}
+    sums = {name: dict.fromkeys(granularities, 0.0) for name in linears}
+    batches = calibration_ids.split(batch_size)
+
+    def record(name, X):
+        for granularity in granularities:
+            sums[name][granularity] += w8a8_output_error(X, linears[name].weight, None, granularity, False, fmt)
+
+    device = next(model.parameters()).device
+    with record_linear_inputs(linears, record):
+        for batch in batches:
+            model(batch.to(device), use_cache=False)  # [batch_size, seq_len]
+    return {name: {granularity: total / len(batches) for granularity, total in errors.items()}
+            for name, errors in sums.items()}
