@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from llmlab import doctor
+
 GiB = 2**30
 GB = 10**9
 USER_ERRORS = (ValueError, LookupError, FileNotFoundError)
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paged_sim(subcommands)
     _add_serve_cmd(subcommands)
     _add_quantize_matrix(subcommands)
+    doctor.add_parser(subcommands)
     return parser
 
 
