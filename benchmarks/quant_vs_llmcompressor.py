@@ -12,41 +12,21 @@ Prints a table and stores data/results/<name>.json with provenance (see llmlab.r
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
-
-os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # llm-compressor logs through loguru to stdout
 
 import torch
 
 from llmlab.data import calibration_batches, evaluation_ids
 from llmlab.evaluate import packed_weight_bytes, perplexity, weight_bytes_of
 from llmlab.quant.driver import GPTQConfig, gptq_quantize_model, rtn_quantize_model
+from llmlab.quant.llmc import llmc_gptq
 from llmlab.quant.mappings import quantizable_linears
 from llmlab.zoo import load_model
 
 METHODS = ("fp16", "rtn-w4g64", "gptq-w4g64", "gptq-w4g64-actorder", "llmc-gptq-w4g64", "rtn-w3g64", "gptq-w3g64")
 PATTERN = re.compile(r"^(rtn|gptq|llmc-gptq)-w(\d)g(\d+)(-actorder)?$")
-
-
-def llmcompressor_gptq(model, calibration_ids: torch.Tensor, bits: int, group_size: int,
-                       act_order: bool = True) -> None:
-    """llm-compressor's GPTQ (symmetric int, groups along in_features) on `model` in place, lm_head kept.
-    `model` must come from a saved folder with a tokenizer (oneshot reads the processor from disk)."""
-    import datasets
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
-
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group_size))
-    recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], block_size=128, dampening_frac=0.01,
-                          actorder="static" if act_order else None)
-    rows = {"input_ids": calibration_ids.tolist(), "attention_mask": torch.ones_like(calibration_ids).tolist()}
-    oneshot(model=model, dataset=datasets.Dataset.from_dict(rows), recipe=recipe,
-            num_calibration_samples=calibration_ids.shape[0], max_seq_length=calibration_ids.shape[1])
 
 
 def run_method(method: str, calibration_ids: torch.Tensor, eval_ids: torch.Tensor) -> dict:
@@ -65,7 +45,7 @@ def run_method(method: str, calibration_ids: torch.Tensor, eval_ids: torch.Tenso
         elif kind == "gptq":
             gptq_quantize_model(model, calibration_ids, GPTQConfig(bits, group_size, act_order=act_order))
         else:
-            llmcompressor_gptq(model, calibration_ids, bits, group_size, act_order=True)
+            llmc_gptq(model, calibration_ids, bits, group_size, act_order=True)
         quantized = list(quantizable_linears(model))
     quantize_seconds, quantize_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     # sizes from a fresh model: llm-compressor adds weight_scale / weight_zero_point parameters, counted twice

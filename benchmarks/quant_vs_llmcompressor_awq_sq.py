@@ -21,14 +21,11 @@ Prints a table and stores data/results/<name>.json with provenance (see llmlab.r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import sys
 import time
-
-os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")  # llm-compressor logs through loguru to stdout
 
 import torch
 
@@ -36,6 +33,7 @@ from llmlab.data import calibration_batches, evaluation_ids
 from llmlab.evaluate import packed_weight_bytes, perplexity, weight_bytes_of
 from llmlab.quant.awq import AWQConfig, awq_quantize_model
 from llmlab.quant.driver import rtn_quantize_model
+from llmlab.quant.llmc import llmc_awq, llmc_smoothquant
 from llmlab.quant.mappings import quantizable_linears
 from llmlab.quant.smoothquant import smoothquant_quantize_model
 from llmlab.quant.w8a8 import quantize_model_w8a8
@@ -47,50 +45,6 @@ METHODS = ("fp16", "rtn-w4g64", "awq-w4g64", "awq-w4g64-noclip", "llmc-awq-w4g64
 SMOOTHQUANT = re.compile(r"^(llmc-)?smoothquant-w8a8(?:-a([0-9.]+))?$")
 
 
-@contextlib.contextmanager
-def no_pinned_memory():
-    """llm-compressor's AWQ pins its cached activations; without an accelerator pin_memory() raises "Cannot access
-    accelerator device". Pinning only speeds up host-to-GPU copies, so on CPU it can be a no-op for the run."""
-    original = torch.Tensor.pin_memory
-    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
-    try:
-        yield
-    finally:
-        torch.Tensor.pin_memory = original
-
-
-def _oneshot(model, calibration_ids: torch.Tensor, recipe) -> None:
-    """llm-compressor's oneshot on `model` in place (it must come from a saved folder with a tokenizer)."""
-    import datasets
-    from llmcompressor import oneshot
-
-    rows = {"input_ids": calibration_ids.tolist(), "attention_mask": torch.ones_like(calibration_ids).tolist()}
-    with no_pinned_memory() if not torch.cuda.is_available() else contextlib.nullcontext():
-        oneshot(model=model, dataset=datasets.Dataset.from_dict(rows), recipe=recipe,
-                num_calibration_samples=calibration_ids.shape[0], max_seq_length=calibration_ids.shape[1])
-
-
-def llmcompressor_awq(model, calibration_ids: torch.Tensor, group_size: int = 64, duo_scaling: bool = True) -> None:
-    """llm-compressor's AWQ scales, then symmetric int4 weights in groups of `group_size` (W4A16), lm_head kept."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.awq import AWQModifier
-
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size))
-    _oneshot(model, calibration_ids, [AWQModifier(duo_scaling=duo_scaling),
-                                      QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])])
-
-
-def llmcompressor_smoothquant(model, calibration_ids: torch.Tensor, alpha: float = 0.5) -> None:
-    """llm-compressor's SmoothQuant, then W8A8: int8 weights per channel, int8 activations per token (dynamic)."""
-    from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
-
-    _oneshot(model, calibration_ids, [SmoothQuantModifier(smoothing_strength=alpha),
-                                      QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])])
-
-
 def quantize(method: str, model, calibration_ids: torch.Tensor) -> tuple[int, int | None]:
     """Apply `method` to `model` in place; return (bits, group_size) for the packed size."""
     smoothquant = SMOOTHQUANT.match(method)
@@ -99,7 +53,7 @@ def quantize(method: str, model, calibration_ids: torch.Tensor) -> tuple[int, in
     elif method in ("awq-w4g64", "awq-w4g64-noclip"):
         awq_quantize_model(model, calibration_ids, AWQConfig(clip=method == "awq-w4g64"), progress=False)
     elif method in ("llmc-awq-w4g64", "llmc-awq-w4g64-noduo"):
-        llmcompressor_awq(model, calibration_ids, 64, duo_scaling=method == "llmc-awq-w4g64")
+        llmc_awq(model, calibration_ids, 4, 64, duo_scaling=method == "llmc-awq-w4g64")
     elif method in ("w8a8-naive", "w8a8-per-token", "fp8-w8a8"):
         quantize_model_w8a8(model, "per-tensor" if method == "w8a8-naive" else "per-token",
                             "fp8" if method == "fp8-w8a8" else "int8")
@@ -107,7 +61,7 @@ def quantize(method: str, model, calibration_ids: torch.Tensor) -> tuple[int, in
     elif smoothquant:
         alpha = float(smoothquant[2] or 0.5)
         if smoothquant[1]:
-            llmcompressor_smoothquant(model, calibration_ids, alpha)
+            llmc_smoothquant(model, calibration_ids, alpha)
         else:
             smoothquant_quantize_model(model, calibration_ids, alpha)
         return 8, None
