@@ -45,6 +45,25 @@ def stdout_to_stderr():
 
 
 @contextlib.contextmanager
+def quiet_progress_bars():
+    """No tqdm bars for the block (llm-compressor draws two per layer: 60 bars per model in a notebook). tqdm reads
+    its TQDM_* environment variables at import, so the bars are switched off where they are made."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def silent(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = silent
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original
+
+
+@contextlib.contextmanager
 def no_pinned_memory():
     """llm-compressor's AWQ pins its cached activations; without an accelerator pin_memory() raises "Cannot access
     accelerator device". Pinning only speeds up host-to-GPU copies, so on CPU it can be a no-op for the run."""
@@ -71,11 +90,17 @@ def _oneshot(model, calibration_ids: torch.Tensor, recipe) -> None:
     import datasets
     from llmcompressor import oneshot
 
+    from llmcompressor.core import reset_session
+
     rows = {"input_ids": calibration_ids.tolist(), "attention_mask": torch.ones_like(calibration_ids).tolist()}
     on_accelerator = next(model.parameters()).is_cuda
-    with stdout_to_stderr(), (contextlib.nullcontext() if on_accelerator else no_pinned_memory()):
-        oneshot(model=model, dataset=datasets.Dataset.from_dict(rows), recipe=recipe,
-                num_calibration_samples=calibration_ids.shape[0], max_seq_length=calibration_ids.shape[1])
+    with stdout_to_stderr(), quiet_progress_bars(), \
+            (contextlib.nullcontext() if on_accelerator else no_pinned_memory()):
+        try:
+            oneshot(model=model, dataset=datasets.Dataset.from_dict(rows), recipe=recipe,
+                    num_calibration_samples=calibration_ids.shape[0], max_seq_length=calibration_ids.shape[1])
+        finally:
+            reset_session()  # the session holds the model and its calibration state: let them be freed
 
 
 def _int_scheme(bits: int, group_size: int | None):

@@ -25,6 +25,7 @@ took (wall and CPU), and, with `speed=True`, decode tokens/s with the real low-p
 from __future__ import annotations
 
 import copy
+import gc
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -230,13 +231,12 @@ def run_method(method: str | Method, calibration_ids: torch.Tensor, evaluation_i
         if reason:
             return MatrixRow(method.name, "skipped", device=str(device), reason=reason)
         names = list(quantizable_linears(model)) if method.family != "fp16" else []  # before modules are swapped
+        # sized before quantizing: llm-compressor adds weight_scale / zero-point parameters that would count twice
+        weight_bytes = _packed_bytes(model, method, names)
         start, start_cpu = time.perf_counter(), time.process_time()
         extra = quantize(model, method, calibration_ids, progress) if method.family != "fp16" else {}
-        row = MatrixRow(method.name, "ok", quantize_seconds=time.perf_counter() - start,
+        row = MatrixRow(method.name, "ok", weight_bytes=weight_bytes, quantize_seconds=time.perf_counter() - start,
                         quantize_cpu_seconds=time.process_time() - start_cpu, device=str(device), extra=extra)
-        # sizes from a fresh model: llm-compressor adds weight_scale / zero-point parameters that would count twice
-        row.weight_bytes = _packed_bytes(load_model(model_source)[0] if method.family.startswith("llmc") else model,
-                                         method, names)
     start = time.perf_counter()
     row.perplexity = perplexity(model, evaluation_ids, seq_len)
     row.eval_seconds = time.perf_counter() - start
@@ -296,7 +296,10 @@ def run_matrix(methods=DEFAULT_METHODS, calib_samples: int = 32, seq_len: int = 
     from llmlab.data import calibration_batches, evaluation_ids
     from llmlab.zoo import load_model
 
+    from llmlab.measure import _release_freed_memory_to_the_os
+
     parsed = [parse_method(m) if isinstance(m, str) else m for m in methods]
+    _release_freed_memory_to_the_os()  # each method loads a fresh model: freed copies must not pile up in the heap
     if calib_samples < 1 or seq_len < 16 or eval_tokens < seq_len:
         raise ValueError(f"need calib_samples >= 1, seq_len >= 16 and eval_tokens >= seq_len; got {calib_samples}, "
                          f"{seq_len}, {eval_tokens}")
@@ -310,6 +313,9 @@ def run_matrix(methods=DEFAULT_METHODS, calib_samples: int = 32, seq_len: int = 
     rows = []
     for method in parsed:
         rows.append(run_method(method, calibration_ids, eval_ids, model_source, device, seq_len, speed))
+        gc.collect()  # each method's model copy goes before the next one loads (Binder has about 2 GB)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         if on_row:
             on_row(rows[-1])
     setup = {"model": model_source, "device": str(device), "threads": torch.get_num_threads(),
