@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llmlab.quant.awq import (AWQConfig, AWQReport, awq_clip, awq_quantize_model, awq_scales, awq_search_scale,
-                              inspected_module, quantize_groups)
+                              balance_pair_inputs, inspected_module, keep_channels_quantize_model, layer_scale_curves,
+                              quantize_groups, rtn_keep_channels, salient_channels)
 from llmlab.quant.rtn import rtn
 from tiny_models import tiny_llama_with_outliers as tiny_llama
 
@@ -125,3 +126,72 @@ def test_awq_beats_rtn_on_the_embedded_model(embedded):
     # observed 2026-11: AWQ 17.05, RTN 19.60, baseline 13.74 (8 × 256 calibration, full grid: 15.76 vs 18.68 vs 13.18
     # on 4096 tokens, benchmarks/quant_vs_llmcompressor_awq_sq.py)
     assert ppl_awq < 0.95 * ppl_rtn, (ppl_awq, ppl_rtn)
+
+
+# ---------------------------------------------------------------- what AWQ sees (chapter 06)
+
+
+def test_salient_channels_are_the_top_fraction_by_mean_activation():
+    x_mean = torch.arange(200.0)
+    torch.testing.assert_close(salient_channels(x_mean, 0.01), torch.tensor([199, 198]))  # ⌈0.01 · 200⌉ = 2
+    assert salient_channels(torch.rand(576), 0.01).numel() == 6  # ⌈5.76⌉ on the embedded model's hidden size
+    with pytest.raises(ValueError, match="fraction"):
+        salient_channels(x_mean, 0)
+
+
+def test_rtn_keep_channels_keeps_those_columns_and_narrows_their_groups():
+    X, W = salient_linear()
+    W[:, 9] *= 20  # a wide weight column in the first group
+    keep = torch.tensor([5, 9])
+    W_hat = rtn_keep_channels(W, keep, 4, 64)
+    torch.testing.assert_close(W_hat[:, keep], W[:, keep])  # kept exactly
+    rest = [j for j in range(128) if j not in (5, 9)]
+    error = lambda W_q: (W_q[:, rest] - W[:, rest]).abs().mean().item()  # noqa: E731
+    assert error(W_hat) < error(rtn(W, 4, 64)) / 2  # observed 0.0043 vs 0.0123: the wide column no longer sets the grid
+    torch.testing.assert_close(rtn_keep_channels(W, torch.tensor([], dtype=torch.long), 4, 64), rtn(W, 4, 64))
+    output_error = lambda W_q: (X @ W_q.T - X @ W.T).pow(2).mean().item()  # noqa: E731
+    assert output_error(W_hat) < output_error(rtn(W, 4, 64)) / 10  # observed 0.0033 vs 1.04 (the paper's Table 1 idea)
+
+
+def test_keep_channels_quantize_model_keeps_the_salient_columns():
+    from llmlab.quant.smoothquant import activation_scales
+
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (2, 16))
+    stats = activation_scales(model, ids)
+    original = model.model.layers[0].self_attn.k_proj.weight.detach().clone()
+    keep = salient_channels(stats["model.layers.0.self_attn.q_proj"].abs_mean, 0.05)  # ⌈3.2⌉ = 4 of 64
+    assert 7 in keep.tolist()  # the outlier channel of the norm's output is salient
+    report = keep_channels_quantize_model(model, stats, 0.05, "activation", bits=4, group_size=32)
+    assert report.method == "rtn-w4g32-keep5.0%-activation" and len(report.quantized) == 14
+    W = model.model.layers[0].self_attn.k_proj.weight
+    torch.testing.assert_close(W[:, keep], original[:, keep])  # k_proj shares q_proj's input: the same channels
+    assert not torch.equal(W, original)
+    for selection in ("weight", "random"):
+        keep_channels_quantize_model(tiny_llama(), stats, 0.05, selection, group_size=32)
+    with pytest.raises(ValueError, match="selection"):
+        keep_channels_quantize_model(tiny_llama(), stats, 0.05, "largest")
+    with pytest.raises(LookupError, match="activation_scales"):
+        keep_channels_quantize_model(tiny_llama(), {}, 0.05, group_size=32)
+
+
+def test_balance_pair_inputs_and_layer_curves_match_the_model_run():
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (2, 16))
+    pairs = balance_pair_inputs(model, ids, 0, batch_size=1)
+    assert [(p.producer, p.block) for p in pairs] == [("input_layernorm", "self_attn"),
+                                                      ("post_attention_layernorm", "mlp"),
+                                                      ("mlp.up_proj", "mlp.down_proj")]
+    mlp = pairs[1]
+    assert mlp.X.shape == (32, 64) and [W.shape for W in mlp.weights] == [(128, 64), (128, 64)]
+    X_in = mlp.X.view(2, 16, 64)
+    torch.testing.assert_close(mlp.forward(mlp.weights), model.model.layers[0].mlp(X_in).reshape(32, 64))
+    curves = layer_scale_curves(model, ids, 0, group_size=32, grid=4)
+    assert list(curves) == ["input_layernorm", "post_attention_layernorm", "mlp.up_proj"]
+    assert all(len(curve) == 5 for curve in curves.values())
+    # layer 0 sees the same inputs in the float model and in awq_quantize_model: the same curves
+    report = awq_quantize_model(copy.deepcopy(model), ids, AWQConfig(group_size=32, n_grid=4), progress=False)
+    for producer, curve in curves.items():
+        assert curve == pytest.approx(report.curves[f"model.layers.0.{producer}"], rel=1e-4)
+    with pytest.raises(ValueError, match="layer"):
+        balance_pair_inputs(model, ids, 2)

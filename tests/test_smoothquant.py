@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from llmlab.quant.driver import ChannelStatistic
-from llmlab.quant.smoothquant import (activation_scales, alpha_sweep, fold_scales, norm_pairs, outlier_ratio,
-                                      smooth_model, smooth_scales, smoothquant_quantize_model, weight_channel_max)
+from llmlab.quant.smoothquant import (activation_errors, activation_scales, alpha_sweep, fold_scales, linear_inputs,
+                                      norm_pairs, outlier_channels, outlier_ratio, smooth_model, smooth_scales,
+                                      smoothing_ranges, smoothquant_quantize_model, w8a8_output_error,
+                                      weight_channel_max)
 from llmlab.quant.w8a8 import W8A8Linear, quantize_activation, quantize_weight
 from tiny_models import tiny_llama_with_outliers as tiny_llama
 
@@ -204,3 +206,109 @@ def test_smoothquant_matches_llmcompressor(embedded):
                           num_calibration_samples=4, max_seq_length=128)
     ppl_ours, ppl_theirs = perplexity(ours, ids, 512), perplexity(theirs, ids, 512)
     assert abs(ppl_ours / ppl_theirs - 1) < 0.02, (ppl_ours, ppl_theirs)  # observed 16.24 vs 16.16 (fp 15.91)
+
+
+# ---------------------------------------------------------------- what SmoothQuant sees (chapter 05)
+
+
+def test_outlier_channels_name_the_largest_channels_and_their_ratio_to_the_median():
+    abs_max = torch.tensor([1.0, 2.0, 1.0, 40.0, 1.0, 10.0, 1.0])  # median 1
+    assert outlier_channels(abs_max, 2) == [(3, 40.0), (5, 10.0)]
+
+
+def test_linear_inputs_are_what_the_linear_receives():
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (3, 16))
+    name = "model.layers.1.mlp.down_proj"
+    X = linear_inputs(model, ids, [name], batch_size=2)[name]
+    assert X.shape == (3 * 16, 128)  # [tokens, in]
+    stats = activation_scales(model, ids)[name]
+    torch.testing.assert_close(X.abs().amax(dim=0), stats.abs_max)
+
+
+def test_smoothing_ranges_follow_eq_4():
+    act_scales = torch.tensor([4.0, 1.0, 9.0])
+    W = torch.tensor([[1.0, -4.0, 0.5], [0.0, 2.0, -1.0]])  # [out, in]: max|W_j| = 1, 4, 1
+    ranges = smoothing_ranges(act_scales, [W], 0.5)
+    torch.testing.assert_close(ranges.s, torch.tensor([2.0, 0.5, 3.0]))
+    torch.testing.assert_close(ranges.act_after, ranges.weight_after)  # α = 0.5: equal ranges, √(max|X_j| max|W_j|)
+    torch.testing.assert_close(ranges.act_after, torch.tensor([2.0, 2.0, 3.0]))
+    spread = ranges.spread()
+    assert spread["act_before"] == pytest.approx(9 / 4) and spread["act_after"] == pytest.approx(3 / 2)
+
+
+def test_w8a8_output_error_sees_where_the_error_comes_from():
+    torch.manual_seed(0)
+    X = torch.randn(256, 64)
+    X[:, 5] *= 60  # an outlier channel in every token
+    W = torch.randn(32, 64) * 0.05
+    float_both = w8a8_output_error(X, W, activations=None, weights=False)
+    assert float_both == pytest.approx(0.0, abs=1e-6)
+    per_token, per_tensor = (w8a8_output_error(X, W, activations=g, weights=False) for g in ("per-token", "per-tensor"))
+    assert per_token <= per_tensor  # observed 0.0229 vs 0.0230: the outlier is in every token, per token barely helps
+    s = smooth_scales(X.abs().amax(dim=0), weight_channel_max([W]), 0.5)
+    plain, smoothed = w8a8_output_error(X, W), w8a8_output_error(X, W, s)
+    assert smoothed < plain / 2, (smoothed, plain)  # observed 0.0075 vs 0.0232
+    # a larger α moves the error from the activations to the weights
+    act_scales, W_max = X.abs().amax(dim=0), weight_channel_max([W])
+    weights_only = [w8a8_output_error(X, W, smooth_scales(act_scales, W_max, a), activations=None) for a in (0.5, 1)]
+    acts_only = [w8a8_output_error(X, W, smooth_scales(act_scales, W_max, a), weights=False) for a in (0, 0.5)]
+    assert weights_only[0] < weights_only[1] / 3, weights_only  # observed 0.0068 vs 0.0372
+    assert acts_only[1] < acts_only[0] / 3, acts_only  # observed 0.0048 vs 0.0164
+
+
+def test_activation_errors_per_token_beats_per_tensor_on_a_token_outlier():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[3] *= 200  # token 3 becomes a "massive activation" (as the first token often is)
+    ids = torch.randint(4, 128, (2, 16))
+    ids[:, 0] = 3
+    errors = activation_errors(model, ids)
+    assert set(errors["model.layers.0.self_attn.q_proj"]) == {"per-tensor", "per-token"}
+    name = "model.layers.0.self_attn.q_proj"
+    assert errors[name]["per-token"] < errors[name]["per-tensor"] / 3, errors[name]
+
+
+def test_the_chapter_figures_draw_the_ranges_they_are_given():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmlab.plots import channel_heatmap, channel_ranges
+
+    ranges = smoothing_ranges(torch.tensor([4.0, 1.0, 9.0]), [torch.tensor([[1.0, -4.0, 0.5]])], 0.5)
+    axes = channel_ranges(ranges.act_before, ranges.weight_before, ranges.act_after, ranges.weight_after, [2])
+    assert len(axes) == 2 and axes[0].get_yscale() == "log"
+    assert list(axes[1].lines[0].get_ydata()) == pytest.approx(ranges.act_after.tolist())
+    assert len(channel_ranges(ranges.act_before, ranges.weight_before)) == 1  # "before" only
+    ax = channel_heatmap(torch.tensor([[1.0, 100.0], [10.0, 1000.0]]))
+    assert ax.images[0].get_array().tolist() == [[0.0, 2.0], [1.0, 3.0]]  # log10
+    with pytest.raises(ValueError, match="2-D"):
+        channel_heatmap(torch.ones(3))
+    plt.close("all")
+
+
+def test_w8a8_copy_equals_deepcopy_and_quantize_and_leaves_the_model_alone():
+    from llmlab.quant.smoothquant import w8a8_copy
+    from llmlab.quant.w8a8 import quantize_model_w8a8
+
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (2, 16))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    stats = activation_scales(model, ids)
+    for alpha, activations in ((None, "per-tensor"), (0.5, "per-token")):
+        reference = copy.deepcopy(model)
+        if alpha is None:
+            expected = quantize_model_w8a8(reference, activations)
+        else:
+            expected = smoothquant_quantize_model(reference, alpha=alpha, act_scales=stats)
+        light, report = w8a8_copy(model, alpha, stats, activations)
+        assert report.method == expected.method == {None: "w8a8-naive", 0.5: "smoothquant-w8a8"}[alpha]
+        assert report.quantized == expected.quantized
+        torch.testing.assert_close(light(ids).logits, reference(ids).logits)
+        assert light.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name])
+    with pytest.raises(ValueError, match="act_scales"):
+        w8a8_copy(model, 0.5)

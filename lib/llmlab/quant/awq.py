@@ -23,6 +23,7 @@ group-wise (`llmlab.quant.rtn`). No weight is updated by gradients or error feed
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import torch
 
 from llmlab.quant.driver import QuantizationReport, check_model_group_size, method_name, run_layer, walk_layers
 from llmlab.quant.formats import check_group_size, grid_params, snap_to_grid
-from llmlab.quant.mappings import balance_pairs, mapping_for
+from llmlab.quant.mappings import balance_pairs, decoder_layers, mapping_for
 from llmlab.quant.rtn import rtn
 from llmlab.quant.smoothquant import fold_scales
 
@@ -246,3 +247,131 @@ def awq_quantize_model(model, calibration_ids: torch.Tensor, config: AWQConfig |
         del calls, seen, X
     report.seconds = time.perf_counter() - start
     return report
+
+
+# ---------------------------------------------------------------- what AWQ sees (chapter 06)
+
+SELECTIONS = ("activation", "weight", "random")  # how `keep_channels_quantize_model` picks the channels it keeps
+
+
+def salient_channels(x_mean: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """The ⌈fraction · in⌉ input channels with the largest mean |X_j| (§3.1: 'salient'), largest first: [k] indices."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} must lie in (0, 1]; the paper keeps 0.1 %, 1 % or 3 % of channels")
+    k = math.ceil(fraction * x_mean.numel())
+    return x_mean.float().topk(k).indices
+
+
+def rtn_keep_channels(W: torch.Tensor, keep: torch.Tensor, bits: int = 4, group_size: int | None = 64,
+                      symmetric: bool = True) -> torch.Tensor:
+    """Ŵ: W [out, in] rounded to nearest group-wise except the input columns `keep`, left as they are (16-bit): the
+    mixed-precision format of the paper's motivating experiment (§3.1, Table 1) — not what AWQ ships. The kept columns
+    are zeroed before the grids are chosen, so they do not widen their groups' ranges."""
+    W_rest = W.clone()
+    W_rest[:, keep] = 0
+    W_hat = rtn(W_rest, bits, group_size, symmetric)  # [out, in]
+    W_hat[:, keep] = W[:, keep]
+    return W_hat
+
+
+def _kept_channels(selection: str, x_mean: torch.Tensor, W: torch.Tensor, fraction: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The input channels of W [out, in] kept in 16-bit under `selection` (see SELECTIONS)."""
+    if selection == "activation":
+        return salient_channels(x_mean, fraction)
+    k = math.ceil(fraction * W.shape[1])
+    if selection == "weight":
+        return W.float().norm(dim=0).topk(k).indices  # the largest columns ‖W_:,j‖
+    return torch.randperm(W.shape[1], generator=generator)[:k]
+
+
+@torch.no_grad()
+def keep_channels_quantize_model(model, act_stats: dict, fraction: float = 0.01, selection: str = "activation",
+                                 bits: int = 4, group_size: int | None = 64, symmetric: bool = True,
+                                 seed: int = 0) -> QuantizationReport:
+    """RTN every decoder linear of `model` in place, keeping a `fraction` of its input channels in 16-bit, chosen by
+    mean |X_j| ('activation'), by column norm ‖W_:,j‖ ('weight') or at random ('random', seeded): AWQ's Table 1.
+
+    `act_stats` maps the first linear of each group sharing an input to its ChannelStatistic
+    (`llmlab.quant.smoothquant.activation_scales(model, calibration_ids)`, measured on the float model); the linears
+    of one group share their activation-selected channels.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r}: choose one of {', '.join(SELECTIONS)}")
+    mapping = mapping_for(model)
+    check_model_group_size(model, bits, group_size, mapping)
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    report = QuantizationReport(f"{method_name('rtn', bits, group_size)}-keep{fraction:.1%}-{selection}", bits,
+                                group_size)
+    for index, layer in enumerate(decoder_layers(model, mapping)):
+        for group in mapping.sequential:
+            key = f"{mapping.layers}.{index}.{group[0]}"
+            if key not in act_stats:
+                raise LookupError(f"no activation statistics for {key}; compute them with activation_scales(model, "
+                                  "calibration_ids) on this model first")
+            for member in group:
+                linear = layer.get_submodule(member)
+                keep = _kept_channels(selection, act_stats[key].abs_mean, linear.weight, fraction, generator)
+                linear.weight.copy_(rtn_keep_channels(linear.weight, keep, bits, group_size, symmetric))
+                report.quantized.append(f"{mapping.layers}.{index}.{member}")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@dataclass
+class PairInputs:
+    """What the scale search needs for one balance pair of one decoder layer, recorded on the float model."""
+
+    producer: str  # the norm or linear whose output the consumers read, e.g. "input_layernorm"
+    consumers: tuple[str, ...]  # e.g. ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    block: str  # the module whose output the search compares: "self_attn", "mlp", or the consumer itself
+    X: torch.Tensor  # [tokens, in] the consumers' calibration inputs
+    weights: list[torch.Tensor]  # the consumers' float weights [out_i, in] (copies)
+    forward: Callable[[list[torch.Tensor]], torch.Tensor]  # weights -> the block's output [tokens, d]; it runs the
+    # model's own modules, so keep the model unchanged while you call it
+
+
+@torch.no_grad()
+def balance_pair_inputs(model, calibration_ids: torch.Tensor, layer_index: int,
+                        batch_size: int = 8) -> list[PairInputs]:
+    """One float forward over `calibration_ids` [n_samples, seq_len] records, for each balance pair of decoder layer
+    `layer_index`, the consumers' inputs and the calls of the block the search compares (as `awq_quantize_model`
+    does layer by layer, but on the unquantized model)."""
+    mapping = mapping_for(model)
+    layers = decoder_layers(model, mapping)
+    if not 0 <= layer_index < len(layers):
+        raise ValueError(f"layer_index={layer_index}: this model has decoder layers 0 to {len(layers) - 1}")
+    layer = layers[layer_index]
+    pairs = balance_pairs(layer, mapping)
+    blocks = {inspected_module(consumers) for _, consumers in pairs}
+    calls: dict[str, list] = {block: [] for block in blocks}
+    seen: dict[str, list] = {consumers[0]: [] for _, consumers in pairs}
+
+    def record(module_name, args, kwargs):
+        if module_name in calls:
+            calls[module_name].append((args, dict(kwargs)))
+        if module_name in seen:
+            seen[module_name].append((args[0] if args else kwargs["input"]).detach())
+
+    device = next(model.parameters()).device
+    with _record_module_inputs(layer, sorted(blocks | set(seen)), record):
+        for batch in calibration_ids.split(batch_size):
+            model(batch.to(device), use_cache=False)  # [batch_size, seq_len]
+    result = []
+    for producer, consumers in pairs:
+        linears = [layer.get_submodule(consumer) for consumer in consumers]
+        block = inspected_module(consumers)
+        X = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen[consumers[0]]])  # [batch, seq, in] -> [tokens, in]
+        result.append(PairInputs(producer, consumers, block, X, [linear.weight.detach().clone() for linear in linears],
+                                 _block_forward(layer.get_submodule(block), calls[block], linears)))
+    return result
+
+
+def layer_scale_curves(model, calibration_ids: torch.Tensor, layer_index: int, bits: int = 4,
+                       group_size: int | None = 64, grid: int = 20, symmetric: bool = True) -> dict[str, list[float]]:
+    """The scale search's curve for every balance pair of one layer of the float model: {producer: [block output MSE
+    for α = 0, 1/grid, …, 1]} (index 0 is plain RTN). `awq_quantize_model`'s report keeps the same curves for every
+    layer, measured on inputs that already carry the earlier layers' quantization."""
+    return {pair.producer: awq_search_scale(pair.X, pair.weights, pair.forward, bits, group_size, grid, symmetric)[1]
+            for pair in balance_pair_inputs(model, calibration_ids, layer_index)}
