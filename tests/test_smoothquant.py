@@ -260,7 +260,7 @@ def test_w8a8_output_error_sees_where_the_error_comes_from():
 def test_activation_errors_per_token_beats_per_tensor_on_a_token_outlier():
     model = tiny_llama()
     with torch.no_grad():
-        model.model.embed_tokens.weight[3] *= 200  # token 3 becomes a "massive activation" (as the first token often is)
+        model.model.embed_tokens.weight[3] *= 200  # token 3 becomes a "massive activation", as the first token often is
     ids = torch.randint(4, 128, (2, 16))
     ids[:, 0] = 3
     errors = activation_errors(model, ids)

@@ -129,6 +129,16 @@ def smooth_model(model, act_scales: dict[str, ChannelStatistic | torch.Tensor], 
 def smooth_layer(layer: torch.nn.Module, prefix: str, mapping, act_scales: dict, alpha: float = 0.5) -> list[str]:
     """`smooth_model` for one decoder layer whose modules are named `prefix` + local name in `act_scales`."""
     smoothed = []
+    for producer, consumers, s in layer_smoothing_scales(layer, prefix, mapping, act_scales, alpha):
+        fold_scales(layer.get_submodule(producer), [layer.get_submodule(name) for name in consumers], s)
+        smoothed.append(prefix + producer)
+    return smoothed
+
+
+def layer_smoothing_scales(layer: torch.nn.Module, prefix: str, mapping, act_scales: dict,
+                           alpha: float = 0.5) -> list[tuple[str, tuple[str, ...], torch.Tensor]]:
+    """[(producer, consumers, s)] for the norm → linears pairs of one decoder layer: s [in] from Eq. 4."""
+    result = []
     for producer, consumers in norm_pairs(layer, mapping):
         key = f"{prefix}{consumers[0]}"
         if key not in act_scales:
@@ -136,11 +146,9 @@ def smooth_layer(layer: torch.nn.Module, prefix: str, mapping, act_scales: dict,
                               "calibration_ids) on this model before smoothing it")
         stat = act_scales[key]
         X_max = stat.abs_max if isinstance(stat, ChannelStatistic) else stat  # [in]
-        linears = [layer.get_submodule(name) for name in consumers]
-        s = smooth_scales(X_max, weight_channel_max([linear.weight for linear in linears]), alpha)
-        fold_scales(layer.get_submodule(producer), linears, s)
-        smoothed.append(prefix + producer)
-    return smoothed
+        W_max = weight_channel_max([layer.get_submodule(name).weight for name in consumers])  # [in]
+        result.append((producer, consumers, smooth_scales(X_max, W_max, alpha)))
+    return result
 
 
 def method_name_smoothquant(activations: str = "per-token", fmt: str = "int8") -> str:
@@ -193,14 +201,14 @@ def w8a8_copy(model, alpha: float | None = None, act_scales: dict | None = None,
     (`act_scales` from `activation_scales(model, …)`); `model` is not modified.
 
     The same model as deepcopy + `quantize_model_w8a8` / `smoothquant_quantize_model` (tested), in less memory: the
-    copy shares `model`'s parameters, and works layer by layer: the norms and linears smoothing rescales in place are
-    copied just before, and the linears swapped for W8A8 ones just after, so one layer's copies live at a time. On the
-    embedded model: the W8A8 weights (0.43 GB of float32 fake-quant values) instead of 0.54 + 0.71 GB at the peak.
+    copy shares `model`'s parameters; each linear is replaced by a W8A8 one built from its weight (times the
+    smoothing factors s, in a temporary), and only the norms that smoothing divides get private copies. On the
+    embedded model it adds the W8A8 weights (0.43 GB of float32 fake-quant values), where deepcopy + quantize peaks
+    near 1 GB more and leaves the allocator's heap fragmented.
     """
     import copy
 
     from llmlab.quant.mappings import layer_linears
-    from llmlab.quant.w8a8 import W8A8Linear
 
     if alpha is not None and act_scales is None:
         raise ValueError("smoothing needs act_scales: pass activation_scales(model, calibration_ids)")
@@ -211,19 +219,35 @@ def w8a8_copy(model, alpha: float | None = None, act_scales: dict | None = None,
     report = QuantizationReport(method, 8, None)
     for index, layer in enumerate(decoder_layers(duplicate, mapping)):
         prefix = f"{mapping.layers}.{index}."
+        column_scales = {}  # consumer -> s its weight columns are multiplied by before quantization
         if alpha is not None:
-            for producer, consumers in norm_pairs(layer, mapping):
-                for name in (producer, *consumers):  # private copies of what fold_scales rescales in place
-                    module = layer.get_submodule(name)
-                    for key, parameter in module.named_parameters(recurse=False):
-                        setattr(module, key, torch.nn.Parameter(parameter.detach().clone(), parameter.requires_grad))
-            smooth_layer(layer, prefix, mapping, act_scales, alpha)
+            for producer, consumers, s in layer_smoothing_scales(layer, prefix, mapping, act_scales, alpha):
+                norm = layer.get_submodule(producer)
+                for key, parameter in norm.named_parameters(recurse=False):  # a private copy of the norm
+                    setattr(norm, key, torch.nn.Parameter(parameter.detach().clone(), parameter.requires_grad))
+                fold_scales(norm, [], s)  # the norm's half of the fold; the weights' half happens below
+                column_scales.update(dict.fromkeys(consumers, s))
         for name, linear in layer_linears(layer, mapping).items():
             parent, _, child = name.rpartition(".")
-            setattr(layer.get_submodule(parent), child, W8A8Linear.from_linear(linear, activations, fmt))
+            quantized = _w8a8_linear(linear, activations, fmt, column_scales.get(name))
+            setattr(layer.get_submodule(parent), child, quantized)
             report.quantized.append(prefix + name)
     report.seconds = time.perf_counter() - start
     return duplicate, report
+
+
+def _w8a8_linear(linear: torch.nn.Linear, activations: str, fmt: str, s: torch.Tensor | None = None):
+    """`W8A8Linear.from_linear` of `linear` with its weight columns multiplied by `s` first (None: unchanged), built
+    without a weight to initialize and overwrite, and without touching `linear` (its weight may be shared)."""
+    from llmlab.quant.w8a8 import W8A8Linear
+
+    module = W8A8Linear(linear.in_features, linear.out_features, linear.bias is not None, activations, fmt,
+                        device="meta", dtype=linear.weight.dtype)
+    W = linear.weight.detach() if s is None else linear.weight.detach() * s.to(linear.weight.dtype)[None, :]
+    module.weight = torch.nn.Parameter(quantize_weight(W, fmt), linear.weight.requires_grad)
+    if linear.bias is not None:
+        module.bias = torch.nn.Parameter(linear.bias.detach().clone(), linear.bias.requires_grad)
+    return module
 
 
 # ---------------------------------------------------------------- what SmoothQuant sees, on one layer (chapter 05)
