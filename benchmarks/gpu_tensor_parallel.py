@@ -306,6 +306,7 @@ def main(argv=None) -> int:
     model = random_model(args.model, dtype=dtype, device=device, attn_implementation="sdpa", **overrides)
     for tensor in model.parameters():
         dist.broadcast(tensor.data, src=0)  # the same numbers on every rank, whatever the random init did
+    del tensor  # the loop variable would keep the last parameter (the full lm_head, V x d) alive after sharding
     vocab, d = model.config.vocab_size, model.config.hidden_size
     check_ids = token_ids(1, settings.check_tokens, vocab, device)
 
