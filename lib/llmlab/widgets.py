@@ -134,20 +134,12 @@ def layer_comparison_markdown(result) -> str:
                       f"{result.gptq_weight_mse / result.rtn_weight_mse:.2f}× RTN's."])
 
 
-class GPTQLayerWidget(widgets.VBox):
-    """Bits, group size and act-order for `llmlab.quant.gptq.compare_with_rtn` on one layer's W [out, in] and
-    H [in, in]; `.result` is the last LayerComparison (None after a refusal)."""
+class _ExplorerWidget(widgets.VBox):
+    """Controls in a row above one Markdown output: every change calls `compute()` (a library function) and shows
+    `render(result)`, or the library's refusal. `.result` is the last result (None after a refusal)."""
 
-    def __init__(self, W, H, bits: int = 4, group_size: int | None = 64, act_order: bool = False):
-        in_features = W.shape[1]
-        sizes = [g for g in (32, 64, 96, 128, 192, 256) if in_features % g == 0]
-        self.W, self.H = W, H
-        self.controls = {
-            "bits": widgets.Dropdown(options=_with(LAYER_BITS, bits), value=bits, description="bits"),
-            "group_size": widgets.Dropdown(options=[PER_ROW, *_with(tuple(sizes), group_size or sizes[0])],
-                                           value=group_size or PER_ROW, description="group size"),
-            "act_order": widgets.Checkbox(value=act_order, description="act-order"),
-        }
+    def __init__(self, controls: dict):
+        self.controls = controls
         self.output = widgets.Output()
         self.result = None
         for control in self.controls.values():
@@ -155,18 +147,10 @@ class GPTQLayerWidget(widgets.VBox):
         super().__init__([widgets.HBox(list(self.controls.values())), self.output])
         self.refresh()
 
-    def arguments(self) -> dict:
-        """The controls' values as `compare_with_rtn`'s keyword arguments."""
-        values = {name: control.value for name, control in self.controls.items()}
-        return {**values, "group_size": None if values["group_size"] == PER_ROW else values["group_size"]}
-
     def refresh(self) -> None:
-        """Call `compare_with_rtn` with the controls' values and show what it returns (or its refusal)."""
-        from llmlab.quant.gptq import compare_with_rtn
-
         try:
-            self.result = compare_with_rtn(self.W, self.H, **self.arguments())
-            text = layer_comparison_markdown(self.result)
+            self.result = self.compute()
+            text = self.render(self.result)
         except ValueError as refusal:
             self.result, text = None, f"**refused:** {refusal}"
         self.output.outputs = ()
@@ -176,6 +160,35 @@ class GPTQLayerWidget(widgets.VBox):
     def text(self) -> str:
         """The Markdown on display now."""
         return self.output.outputs[-1]["data"]["text/markdown"]
+
+
+class GPTQLayerWidget(_ExplorerWidget):
+    """Bits, group size and act-order for `llmlab.quant.gptq.compare_with_rtn` on one layer's W [out, in] and
+    H [in, in]; `.result` is the last LayerComparison (None after a refusal)."""
+
+    def __init__(self, W, H, bits: int = 4, group_size: int | None = 64, act_order: bool = False):
+        in_features = W.shape[1]
+        sizes = [g for g in (32, 64, 96, 128, 192, 256) if in_features % g == 0]
+        self.W, self.H = W, H
+        super().__init__({
+            "bits": widgets.Dropdown(options=_with(LAYER_BITS, bits), value=bits, description="bits"),
+            "group_size": widgets.Dropdown(options=[PER_ROW, *_with(tuple(sizes), group_size or sizes[0])],
+                                           value=group_size or PER_ROW, description="group size"),
+            "act_order": widgets.Checkbox(value=act_order, description="act-order"),
+        })
+
+    def arguments(self) -> dict:
+        """The controls' values as `compare_with_rtn`'s keyword arguments."""
+        values = {name: control.value for name, control in self.controls.items()}
+        return {**values, "group_size": None if values["group_size"] == PER_ROW else values["group_size"]}
+
+    def compute(self):
+        from llmlab.quant.gptq import compare_with_rtn
+
+        return compare_with_rtn(self.W, self.H, **self.arguments())
+
+    def render(self, result) -> str:
+        return layer_comparison_markdown(result)
 
 
 def gptq_layer_widget(W, H, **defaults) -> GPTQLayerWidget:
@@ -200,27 +213,21 @@ def grid_error_markdown(result: dict) -> str:
     return "\n".join([f"**int{result['bits']}, {group}, {kind}**", "", markdown_table([row])])
 
 
-class GridErrorWidget(widgets.VBox):
+class GridErrorWidget(_ExplorerWidget):
     """Layer, bits, group size and symmetry for `llmlab.quant.formats.int_grid_error` on one of `weights`
     (name -> W [out, in]); `.result` is the last report (None after a refusal)."""
 
     def __init__(self, weights, layer: str | None = None, bits: int = 4, group_size: int | None = 64,
                  symmetric: bool = True):
         self.weights = dict(weights)
-        self.controls = {
+        super().__init__({
             "layer": widgets.Dropdown(options=list(self.weights), value=layer or next(iter(self.weights)),
                                       description="layer"),
             "bits": widgets.Dropdown(options=_with(GRID_BITS, bits), value=bits, description="bits"),
             "group_size": widgets.Dropdown(options=[PER_ROW, *_with(GRID_GROUPS, group_size or GRID_GROUPS[0])],
                                            value=group_size or PER_ROW, description="group size"),
             "symmetric": widgets.Checkbox(value=symmetric, description="symmetric"),
-        }
-        self.output = widgets.Output()
-        self.result = None
-        for control in self.controls.values():
-            control.observe(lambda change: self.refresh(), names="value")
-        super().__init__([widgets.HBox(list(self.controls.values())), self.output])
-        self.refresh()
+        })
 
     def arguments(self) -> dict:
         """The controls' values as `int_grid_error`'s arguments (W picked by the layer name)."""
@@ -228,22 +235,13 @@ class GridErrorWidget(widgets.VBox):
         return {"W": self.weights[values["layer"]], "bits": values["bits"], "symmetric": values["symmetric"],
                 "group_size": None if values["group_size"] == PER_ROW else values["group_size"]}
 
-    def refresh(self) -> None:
-        """Call `int_grid_error` with the controls' values and show what it returns (or its refusal)."""
+    def compute(self):
         from llmlab.quant.formats import int_grid_error
 
-        try:
-            self.result = int_grid_error(**self.arguments())
-            text = grid_error_markdown(self.result)
-        except ValueError as refusal:
-            self.result, text = None, f"**refused:** {refusal}"
-        self.output.outputs = ()
-        self.output.append_display_data(Markdown(text))
+        return int_grid_error(**self.arguments())
 
-    @property
-    def text(self) -> str:
-        """The Markdown on display now."""
-        return self.output.outputs[-1]["data"]["text/markdown"]
+    def render(self, result) -> str:
+        return grid_error_markdown(result)
 
 
 def grid_error_widget(weights, **defaults) -> GridErrorWidget:

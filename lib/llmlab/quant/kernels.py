@@ -60,7 +60,20 @@ def kernel_available(kernel: str, device) -> tuple[bool, str]:
 # ---------------------------------------------------------------- linear layers that run the real kernels
 
 
-class Int8Linear(torch.nn.Module):
+class _RealLinear(torch.nn.Module):
+    """What the real-kernel linears share: Y = kernel(prepare(X)) in the model's dtype, plus the bias. Subclasses
+    define `prepare` (activations into the kernel's format) and `kernel` (the GEMM with its scales)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
+        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)  # [tokens, out]
+        if self.bias is not None:
+            Y = Y + self.bias
+        return Y.reshape(*shape[:-1], -1)  # [tokens, out] -> [..., out]
+
+
+class Int8Linear(_RealLinear):
     """W8A8 INT8: int8 weights (one scale per output row), activations quantized per token at every call."""
 
     def __init__(self, Q_W: torch.Tensor, s_W: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
@@ -89,19 +102,11 @@ class Int8Linear(torch.nn.Module):
         acc = torch._int_mm(Q_X, self.Q_W.t())[:s_X.shape[0]]  # [tokens, out] int32 (padding rows dropped)
         return acc.float() * s_X * self.s_W
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
-        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)
-        if self.bias is not None:
-            Y = Y + self.bias
-        return Y.reshape(*shape[:-1], -1)
-
     def weight_bytes(self) -> int:
         return self.Q_W.numel() + self.s_W.numel() * 2  # int8 codes + one 16-bit scale per row in a checkpoint
 
 
-class FP8Linear(torch.nn.Module):
+class FP8Linear(_RealLinear):
     """W8A8 FP8 e4m3 ("FP8 dynamic"): weights per output row, activations per token, torch._scaled_mm."""
 
     def __init__(self, Q_W: torch.Tensor, s_W: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype):
@@ -125,19 +130,11 @@ class FP8Linear(torch.nn.Module):
         """The FP8 GEMM with its scales applied in the epilogue (row-wise scaling wants a bf16 output)."""
         return torch._scaled_mm(Q_X, self.Q_W.t(), scale_a=s_X, scale_b=self.s_W, out_dtype=torch.bfloat16)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
-        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)  # scale_a [tokens, 1], scale_b [1, out]
-        if self.bias is not None:
-            Y = Y + self.bias
-        return Y.reshape(*shape[:-1], -1)
-
     def weight_bytes(self) -> int:
         return self.Q_W.numel() + self.s_W.numel() * 2
 
 
-class Int4Linear(torch.nn.Module):
+class Int4Linear(_RealLinear):
     """W4A16: int4 weights with one bf16 scale per group of input columns, bf16 activations, torch's int4 kernel."""
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, out_features: int,
@@ -186,14 +183,6 @@ class Int4Linear(torch.nn.Module):
         if X.is_cuda:
             return torch._weight_int4pack_mm(X, self.packed, self.group_size, self.scales_and_zeros)
         return torch._weight_int4pack_mm_for_cpu(X, self.packed, self.group_size, self.scales_and_zeros)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        X = x.reshape(-1, shape[-1])  # [..., in] -> [tokens, in]
-        Y = self.kernel(*self.prepare(X)).to(self.out_dtype)
-        if self.bias is not None:
-            Y = Y + self.bias
-        return Y.reshape(*shape[:-1], -1)
 
     def weight_bytes(self) -> int:
         n_groups, out_features, _ = self.scales_and_zeros.shape
