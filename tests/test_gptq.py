@@ -80,6 +80,21 @@ def test_loss_estimates_the_output_error():
     assert abs(estimate / actual - 1) < 0.05, (estimate, actual)  # observed ratio 1.002
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: there the column loop is replayed from CUDA graphs, checked equal here")
+def test_cuda_graph_column_loop_gives_the_eager_result():
+    W = torch.nn.Linear(576, 96).weight.detach().cuda()
+    H = hessian(correlated_inputs(2048, 576).cuda())
+    for group_size, act_order, symmetric in ((64, False, True), (64, True, True), (None, False, False), (192, False,
+                                                                                                       True)):
+        eager = gptq(W, H, 4, group_size, act_order=act_order, symmetric=symmetric, cuda_graphs=False)
+        graphed = gptq(W, H, 4, group_size, act_order=act_order, symmetric=symmetric, cuda_graphs=True)
+        again = gptq(W, H, 4, group_size, act_order=act_order, symmetric=symmetric, cuda_graphs=True)  # replayed
+        difference = (graphed.Q - eager.Q).abs().max().item()
+        assert torch.equal(graphed.Q, eager.Q) and torch.equal(again.Q, eager.Q), (group_size, act_order, difference)
+        assert torch.equal(graphed.scale, eager.scale), (group_size, act_order)
+
+
 def test_blocksize_changes_speed_not_the_result_when_groups_do_not_straddle_blocks():
     W = torch.nn.Linear(8, 6).weight.detach()
     H = hessian(correlated_inputs(64, 8))

@@ -36,10 +36,19 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def setup_notebook(seed: int = 0) -> str:
-    """The first library call of every notebook: seeds, quiet progress bars, plot defaults; returns the budget."""
-    import matplotlib
+SMALL_CPU_CORES = 2  # at or below this many cores (CI, Binder, Colab), quantization chapters run torch on one thread
 
+
+def setup_notebook(seed: int = 0, small_ops: bool = False) -> str:
+    """The first library call of every notebook: seeds, quiet progress bars, plot defaults; returns the budget.
+
+    `small_ops`: the chapter runs thousands of small tensor ops (fake-quant, GPTQ's column loop); on a small shared
+    CPU two threads wait on each other at every op (2-8x slower measured on CI's 2 cores), so use one."""
+    import matplotlib
+    import torch
+
+    if small_ops and (os.cpu_count() or 1) <= SMALL_CPU_CORES:
+        torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     matplotlib.rcParams.update({"figure.figsize": (7.5, 4), "figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3})
     seed_everything(seed)

@@ -52,6 +52,7 @@ class AWQConfig:
     max_shrink: float = 0.5  # … down to max |w| · (1 − max_shrink)
     clip_tokens: int = 512  # calibration tokens (evenly spaced) used by the clipping search
     clip_skip: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj")  # q·kᵀ follows: per-linear error misleads
+    propagate: str = "float"  # next layer calibrates on the float outputs (llm-awq, llm-compressor) or "quantized"
 
 
 @dataclass
@@ -197,7 +198,7 @@ def awq_quantize_model(model, calibration_ids: torch.Tensor, config: AWQConfig |
 
     Per layer: one float run records each linear's inputs and each inspected block's calls; each balance pair gets
     its scale search and fold; then clipping (optional) and group-wise RTN of every linear. The next layer calibrates
-    on this quantized layer's outputs (`walk_layers`).
+    on this layer's float outputs, as the reference and llm-compressor do (`config.propagate`, `walk_layers`).
     """
     config = config or AWQConfig()
     mapping = mapping_for(model)
@@ -206,7 +207,7 @@ def awq_quantize_model(model, calibration_ids: torch.Tensor, config: AWQConfig |
     name = method_name("awq", config.bits, config.group_size)
     report = AWQReport(name, config.bits, config.group_size)
     shares_input = {member: group[0] for group in mapping.sequential for member in group}  # linear -> group's first
-    for index, layer, inputs in walk_layers(model, calibration_ids, batch_size, progress, desc=name):
+    for index, layer, inputs in walk_layers(model, calibration_ids, batch_size, progress, name, config.propagate):
         prefix = f"{mapping.layers}.{index}."
         pairs = balance_pairs(layer, mapping)
         blocks = {inspected_module(consumers) for _, consumers in pairs}

@@ -138,18 +138,27 @@ def run_layer(layer: torch.nn.Module, inputs: LayerInputs) -> LayerInputs:
     return LayerInputs(outputs, inputs.kwargs)
 
 
+PROPAGATIONS = ("quantized", "float")  # what the next layer calibrates on: this layer's outputs after or before
+
+
 def walk_layers(model, calibration_ids: torch.Tensor, batch_size: int = 8, progress: bool = True,
-                desc: str = "layers") -> Iterator[tuple[int, torch.nn.Module, LayerInputs]]:
-    """Yield (index, layer, inputs) for each decoder layer in order; after the caller's turn, the layer — as the
-    caller left it — is run on the inputs to produce the next layer's inputs."""
+                desc: str = "layers", propagate: str = "quantized") -> Iterator[tuple[int, torch.nn.Module,
+                                                                                      LayerInputs]]:
+    """Yield (index, layer, inputs) for each decoder layer in order. The next layer's inputs are this layer's outputs:
+    `propagate="quantized"`: of the layer as the caller left it (GPTQ: each layer corrects the errors of the layers
+    before it); "float": of the layer before the caller's turn (llm-awq and llm-compressor's AWQ: every layer is
+    calibrated on the float model's activations)."""
     from tqdm.auto import tqdm
 
+    if propagate not in PROPAGATIONS:
+        raise ValueError(f"propagate must be one of {PROPAGATIONS}, got {propagate!r}")
     mapping = mapping_for(model)
     inputs = capture_layer_inputs(model, calibration_ids, batch_size, mapping)
     layers = decoder_layers(model, mapping)
     for index in tqdm(range(len(layers)), desc=desc, unit="layer", disable=not progress):
+        outputs = run_layer(layers[index], inputs) if propagate == "float" else None
         yield index, layers[index], inputs
-        inputs = run_layer(layers[index], inputs)
+        inputs = outputs if outputs is not None else run_layer(layers[index], inputs)
 
 
 class HessianStatistic:

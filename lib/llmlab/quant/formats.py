@@ -85,9 +85,21 @@ def round_to_grid(X: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, 
     return torch.clamp(torch.round(X / s) + z, q_min, q_max)
 
 
-def snap_to_grid(X: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Fake-quantize with given grid parameters: s · (Q − z), the value a kernel would dequantize to."""
-    return s * (round_to_grid(X, s, z, bits, symmetric) - z)
+def snap_to_grid(X: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, symmetric: bool,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Fake-quantize with given grid parameters: s · (Q − z), the value a kernel would dequantize to.
+
+    Same as `s * (round_to_grid(X, s, z, bits, symmetric) - z)`, computed in place in one buffer (`out` if given),
+    skipping z when symmetric: 4 kernels instead of 7, which is what GPTQ's column loop pays on a GPU."""
+    q_min, q_max = int_range(bits, symmetric)
+    Q = torch.div(X, s, out=out) if out is not None else X / s  # broadcast shape of X and s
+    Q.round_()
+    if not symmetric:
+        Q.add_(z)
+    Q.clamp_(q_min, q_max)  # integer codes, as floats
+    if not symmetric:
+        Q.sub_(z)
+    return Q.mul_(s)
 
 
 def quantize(W: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,

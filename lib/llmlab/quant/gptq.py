@@ -55,8 +55,11 @@ def hessian(X: torch.Tensor) -> torch.Tensor:
 
 
 def gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = None, blocksize: int = 128,
-         percdamp: float = 0.01, act_order: bool = False, symmetric: bool = True) -> GPTQResult:
-    """Quantize W [d_row, d_col] to `bits` given H [d_col, d_col] (Algorithm 1); see the module docstring."""
+         percdamp: float = 0.01, act_order: bool = False, symmetric: bool = True,
+         cuda_graphs: bool = True) -> GPTQResult:
+    """Quantize W [d_row, d_col] to `bits` given H [d_col, d_col] (Algorithm 1); see the module docstring.
+
+    On a GPU each block's column loop is replayed as one CUDA graph (`cuda_graphs`; same kernels, same result)."""
     W, H = W.float().clone(), H.float().clone()  # both are modified below
     d_row, d_col = W.shape
     check_group_size(d_col, group_size, bits)
@@ -72,7 +75,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = N
         scale, zero = s.squeeze(-1), z.squeeze(-1)  # static groups, fixed before any update
         perm = torch.argsort(H.diagonal(), descending=True)  # most active inputs first
         W, H = W[:, perm], H[perm][:, perm]  # columns and both Hessian axes in quantization order
-    group_of = (perm // g).tolist()  # group (in natural order) of the column quantized j-th
+    group_of = perm // g  # [d_col]: group (in natural order) of the column quantized j-th
     W = W.T.contiguous().T  # same [d_row, d_col] values stored column-major: each W[:, j] contiguous (2x faster on CPU)
     H.diagonal().add_(percdamp * H.diagonal().mean())  # H + λI, λ = percdamp · mean(diag H)
     try:
@@ -82,26 +85,76 @@ def gptq(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None = N
                          "(e.g. 0.1) or calibrate on more tokens") from error
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)  # line 3: upper factor of H⁻¹
 
-    Q = torch.zeros_like(W)  # line 1
+    Q = torch.zeros_like(W)  # line 1 (column-major like W: each Q[:, j] contiguous)
+    group_of = torch.as_tensor(group_of, device=W.device)  # [d_col]
+    run_block = _graphed_block if cuda_graphs and W.is_cuda else _quantize_block
     loss = W.new_zeros(())
     for i in range(0, d_col, blocksize):  # line 4
         i_end = min(i + blocksize, d_col)
         E = W.new_zeros(i_end - i, d_row).T  # line 2: errors of this block, [d_row, B], column-major like W
-        for j in range(i, i_end):  # line 5
-            if act_order:  # static grid of the group column perm[j] belongs to
-                s, z = scale[:, group_of[j], None], zero[:, group_of[j], None]  # [d_row, 1]
-            elif j % g == 0:  # first column of a group: grid from the weights as updated so far
-                s, z = grid_params(W[:, j : j + g], bits, symmetric)  # [d_row, g] -> [d_row, 1]
-                scale[:, j // g], zero[:, j // g] = s.squeeze(1), z.squeeze(1)
-            Q[:, j] = snap_to_grid(W[:, j, None], s, z, bits, symmetric).squeeze(1)  # line 6: [d_row, 1] -> [d_row]
-            E[:, j - i] = (W[:, j] - Q[:, j]) / Hinv[j, j]  # line 7
-            # line 8: W[:, j:i+B] −= outer(E[:, j−i], H⁻¹[j, j:i+B]), applied to the transpose [i_end-j, d_row],
-            # which is contiguous in W's column-major layout: one in-place BLAS rank-1 update
-            W[:, j:i_end].T.addr_(Hinv[j, j:i_end], E[:, j - i], alpha=-1)
+        # each column's grid [d_row, B]: act-order's static grids, or (natural order) the grid of the group the block
+        # starts in, replaced inside the block from each group start on
+        S, Z = (grid[:, group_of[i:i_end]].T.contiguous().T for grid in (scale, zero))  # column-major too
+        ahead = W[:, i : min(i_end + g - 1, d_col)]  # the block and the columns a group starting in it may reach
+        run_block(ahead, Q[:, i:i_end], E, Hinv[i:i_end, i:i_end], S, Z, first=i % g, g=g, bits=bits,
+                  symmetric=symmetric, fixed_grids=act_order)  # lines 5-9
+        if not act_order:  # keep the grids of the groups that start in this block
+            starts = list(range(-i % g, i_end - i, g))  # block columns that start a group
+            groups = [(i + start) // g for start in starts]
+            scale[:, groups], zero[:, groups] = S[:, starts], Z[:, starts]
         loss += E.pow(2).sum() / 2
         W[:, i_end:] -= E @ Hinv[i:i_end, i_end:]  # line 10: [d_row, B] @ [B, d_col-i_end]
     Q = Q[:, torch.argsort(perm)] if act_order else Q  # columns back in natural order
     return GPTQResult(Q.contiguous(), scale, zero, loss.item())
+
+
+def _quantize_block(W: torch.Tensor, Q: torch.Tensor, E: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor,
+                    Z: torch.Tensor, first: int, g: int, bits: int, symmetric: bool, fixed_grids: bool) -> None:
+    """Lines 5-9 of Algorithm 1 on one block of B columns, in place.
+
+    W [d_row, ≥ B]: the block's weights, then the later columns a group starting in the block reaches (read only, for
+    its grid); Q, E [d_row, B]: quantized columns and scaled errors (out); Hinv [B, B]: the block's part of the
+    upper factor; S, Z [d_row, B]: each column's grid, fixed (act-order) or rewritten here from each group start on,
+    from the weights as updated so far; `first`: the block's first column's position in its group (i mod g)."""
+    B = Q.shape[1]
+    for j in range(B):  # line 5
+        if not fixed_grids and (first + j) % g == 0:  # first column of a group
+            s, z = grid_params(W[:, j : j + g], bits, symmetric)  # [d_row, g] -> [d_row, 1]
+            S[:, j : j + g], Z[:, j : j + g] = s, z  # the group's columns inside this block
+        snap_to_grid(W[:, j], S[:, j], Z[:, j], bits, symmetric, out=Q[:, j])  # line 6, in place: [d_row]
+        torch.sub(W[:, j], Q[:, j], out=E[:, j]).div_(Hinv[j, j])  # line 7
+        # line 8: W[:, j:B] −= outer(E[:, j], H⁻¹[j, j:B]), applied to the transpose [B-j, d_row], which is
+        # contiguous in W's column-major layout: one in-place BLAS rank-1 update
+        W[:, j:B].T.addr_(Hinv[j, j:B], E[:, j], alpha=-1)
+
+
+_GRAPHS: dict = {}  # (shapes, strides, settings) -> (CUDA graph, its static input/output buffers)
+
+
+def _graphed_block(*tensors: torch.Tensor, **settings) -> None:
+    """`_quantize_block` replayed from a CUDA graph captured once per block shape and settings.
+
+    On a GPU the column loop is launch-bound: ~7 kernels of a few microseconds each per column, ~100 k columns in
+    a 135 M model. A graph records a block's 7·B launches once and replays them as one; the tensors are copied into
+    the graph's own buffers and back (a few kernels per block)."""
+    key = (tuple((t.shape, t.stride()) for t in tensors), tuple(sorted(settings.items())), tensors[0].device)
+    if key not in _GRAPHS:
+        buffers = [t.clone() for t in tensors]  # clone keeps the strides (column-major W, Q, E)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture, as torch.cuda.graph asks
+            _quantize_block(*[b.clone() for b in buffers], **settings)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            _quantize_block(*buffers, **settings)
+        _GRAPHS[key] = graph, buffers
+    graph, buffers = _GRAPHS[key]
+    for buffer, t in zip(buffers, tensors):
+        buffer.copy_(t)
+    graph.replay()
+    for buffer, t in zip(buffers, tensors):
+        t.copy_(buffer)
 
 
 # ---------------------------------------------------------------- measuring one layer (chapter 07)
