@@ -108,6 +108,7 @@ provenance. To run a chapter yourself, open it on Binder or Colab from its page,
 <h2>Chapters</h2>
 <table><tr><th>chapter</th><th>runs on</th><th>this run</th><th>time in the browser</th></tr>{''.join(rows)}</table>
 <h2>Stored GPU results</h2>
+<p>And the stored CPU runs; each line says where and how it was measured.</p>
 <table><tr><th>file (data/results/)</th><th>provenance</th></tr>{results}</table>
 <p class="muted">Built {built} by scripts/build_site.py (nbconvert, lab template) from the executed notebooks; nothing
 was re-executed.</p>
