@@ -29,6 +29,15 @@ def test_t4_runs_int8_live_but_not_fp8():
     assert verdict.level == "ok"
 
 
+def test_t4_shows_the_stored_int4_kernel_run_its_compute_capability_is_below_the_kernels():
+    awq_chapter = Chapter("06", "06_awq.ipynb", "awq", True, "cc >= 8.0 for the int4 kernel", ("int4",), 2)
+    t4, h100 = gpu("t4"), gpu("h100")
+    on_t4 = chapter_verdict(awq_chapter, "cuda", formats_of("t4"), 16 * GiB, (), t4.compute_capability)
+    assert on_t4.mode == "live, some GPU cells stored" and on_t4.detail.startswith("no native int4"), on_t4
+    on_h100 = chapter_verdict(awq_chapter, "cuda", formats_of("h100"), 16 * GiB, (), h100.compute_capability)
+    assert on_h100.mode == "live", on_h100  # Hopper has no int4 tensor cores, but the W4A16 kernel runs there
+
+
 def test_h100_runs_everything_live_and_cpu_shows_stored_results():
     assert chapter_verdict(FP8_CHAPTER, "cuda", formats_of("h100"), 16 * GiB).mode == "live"
     on_cpu = chapter_verdict(FP8_CHAPTER, "cpu", (), 16 * GiB)

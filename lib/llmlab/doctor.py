@@ -106,16 +106,23 @@ def gpu_path_line(name: str, compute_capability: tuple[int, int], formats: tuple
 
 
 def chapter_verdict(chapter, kind: str, formats: tuple[str, ...], available_ram_bytes: int | None,
-                    missing_packages: tuple[str, ...] = ()) -> ChapterVerdict:
-    """What `chapter` (llmlab.course.Chapter) does on a device of `kind` ("cpu"/"cuda") with these native formats."""
+                    missing_packages: tuple[str, ...] = (),
+                    compute_capability: tuple[int, int] | None = None) -> ChapterVerdict:
+    """What `chapter` (llmlab.course.Chapter) does on a device of `kind` ("cpu"/"cuda") with these native formats.
+
+    A format the chapter runs through a real kernel (`llmlab.quant.kernels`) also needs that kernel's compute
+    capability: torch's int4 weight kernel wants 8.0, so a T4 (7.5) shows the stored run although it has fp16."""
     from llmlab.memory import FORMATS
+    from llmlab.quant.kernels import MIN_COMPUTE_CAPABILITY
 
     if chapter.gpu is None:
         mode, detail = "live", "CPU is enough: everything runs here"
     elif kind != "cuda":
         mode, detail = "CPU live, GPU cells stored", f"GPU cells show the stored H100 results (live: {chapter.gpu})"
     else:
-        lacking = sorted({name for name in chapter.formats if FORMATS[name].matmul not in formats})
+        kernel_too_new = {name for name in chapter.formats if compute_capability is not None
+                          and tuple(compute_capability) < MIN_COMPUTE_CAPABILITY.get(name, (0, 0))}
+        lacking = sorted({name for name in chapter.formats if FORMATS[name].matmul not in formats} | kernel_too_new)
         if lacking:
             mode = "live, some GPU cells stored"
             detail = f"no native {', '.join(lacking)} matmul here: those cells show the stored H100 results"
@@ -187,8 +194,9 @@ def gather(prepare: bool = False) -> Report:
     for chapter in chapters():
         needs = tuple(name for name, numbers in BY_CHAPTER.items() if chapter.number in numbers
                       and versions[name] is None)
+        capability = report.device.get("compute_capability")
         report.chapters.append(chapter_verdict(chapter, report.device["kind"], tuple(report.device["native_formats"]),
-                                               available, needs))
+                                               available, needs, tuple(capability) if capability else None))
     report.seconds = time.perf_counter() - start
     return report
 
