@@ -12,13 +12,19 @@ builds the full model from its config (same seed, then broadcast from rank 0 so 
   1. times NCCL all-reduces of 8 KiB to 1 GiB (bus bandwidth as nccl-tests defines it: S / t x 2 (n - 1) / n);
   2. TP=1, rank 0 alone (the others wait): the logits and greedy tokens of a short prompt (the reference), the
      time of one eager decode step at each batch, and generate()'s tokens/s (eager; static cache compiled on a GPU);
-  3. splits the model: weight bytes per GPU (allocator and parameters); before that, the CUDA context and what
-     NCCL adds to it (outside the allocator, cudaMemGetInfo before and after the first collective);
-  4. TP=n logits and greedy tokens of the same prompt against TP=1;
-  5. prefills of batch x context tokens: per-GPU peak allocated and reserved bytes, memory outside PyTorch, KV bytes;
+  3. splits the model, then reloads the shards into fresh allocator segments (as an engine loading its shards
+     would have them; splitting in place leaves the full matrices' freed space as holes between the shards):
+     weight bytes per GPU (allocator and parameters). Before all that, the CUDA context and what NCCL adds to it
+     (outside the allocator, cudaMemGetInfo before and after the first collective, and after the sweep), with a
+     summary of NCCL's own log of its channels and buffers (NCCL_DEBUG=INFO, subsystems INIT and ALLOC);
+  4. TP=n logits and greedy tokens of the same prompt against TP=1 (bf16; `llmlab.parallel.compare_logits`);
+  5. prefills of batch x context tokens: per-GPU peak allocated and reserved bytes (and reserved before), memory
+     outside PyTorch, KV bytes;
   6. decode at batch 1 and 16: the eager step time; the time inside all-reduces (CUDA events around each call of
      llmlab.parallel.all_reduce, in a second run); a lone all-reduce of the decode message [batch, 1, d] in a loop;
-  7. generate()'s tokens/s at TP=n as in 2 (stored first without it: a compile failure loses nothing).
+  7. generate()'s tokens/s at TP=n as in 2 (stored first without it: a compile failure loses nothing);
+  8. the correctness check again in float32, on a few layers of the same shape: the split only reorders sums, so
+     TP=n must match TP=1 to ~1e-6 of the logits' spread, and the greedy tokens must all agree.
 Only raw measurements are stored (data/results/gpu-tensor-parallel-<gpu>.json, rank 0); the notebooks set the
 planner beside them with `llmlab.parallel.compare_with_plan` and `compare_communication`.
 """
@@ -35,7 +41,9 @@ os.environ.update(NCCL_SAFETY)
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from datetime import timedelta  # noqa: E402
@@ -45,10 +53,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from llmlab import parallel  # noqa: E402
-from llmlab.measure import kv_cache_bytes_of  # noqa: E402
+from llmlab.measure import kv_cache_bytes_of, reload_weights  # noqa: E402
 from llmlab.memory import GiB, plan  # noqa: E402
-from llmlab.parallel import (PRECISIONS, WHOLE_BATCH, compare_communication, compare_with_plan,  # noqa: E402
-                             greedy_decode, planned_model, shard_model)
+from llmlab.parallel import (PRECISIONS, WHOLE_BATCH, check_summary, compare_communication,  # noqa: E402
+                             compare_logits, compare_with_plan, greedy_decode, planned_model, shard_model)
 from llmlab.results import save_result  # noqa: E402
 from llmlab.zoo import random_model  # noqa: E402
 
@@ -66,14 +74,15 @@ class Settings:
     sweep_bytes: tuple[int, ...]  # all-reduce message sizes for the bandwidth sweep
     check_tokens: int  # prompt length and greedy tokens of the TP=1 vs TP=n check
     generate_modes: tuple[str, ...]  # "eager" generate(); "static": static cache, compiled (CUDA graphs)
+    fp32_layers: int  # decoder layers of the float32 correctness check (the model's shape, fewer layers)
     overrides: tuple[tuple[str, int], ...] = ()  # config fields changed from the catalog model's (stored with the run)
 
 
 FULL = Settings(points=((1, 1024), (1, 8192), (1, 32768), (8, 4096), (32, 2048), (16, 8192)),  # as gpu_memory_anatomy
                 decode_batches=(1, 16), prompt=128, steps=32, sweep_bytes=tuple(2**k for k in range(13, 31, 2)),
-                check_tokens=16, generate_modes=("eager", "static"))
+                check_tokens=16, generate_modes=("eager", "static"), fp32_layers=4)
 QUICK = Settings(points=((1, 32), (2, 64)), decode_batches=(1, 2), prompt=16, steps=4,
-                 sweep_bytes=(2**13, 2**17, 2**20), check_tokens=8, generate_modes=("eager",),
+                 sweep_bytes=(2**13, 2**17, 2**20), check_tokens=8, generate_modes=("eager",), fp32_layers=1,
                  overrides=(("num_hidden_layers", 2),))
 
 
@@ -88,6 +97,29 @@ def outside_pytorch_bytes(device: torch.device) -> int | None:
         return None
     free, total = torch.cuda.mem_get_info(device)
     return total - free - torch.cuda.memory_reserved(device)
+
+
+NCCL_LOG_PATTERNS = {  # what to count in NCCL's INFO log: name -> regular expression (a size in bytes, if any)
+    "shareable_buffers": r"Allocated shareable buffer \S+ size (\d+)",  # cuMem buffers: channel FIFOs, ...
+    "cuda_allocations": r"Cuda Alloc Size (\d+)",
+    "connections": r"Channel \d+/\d+ : .* via ",  # one line per channel and peer connected
+}
+
+
+def nccl_log_summary(path: Path) -> dict | None:
+    """NCCL's INFO log of this rank, counted: its version, the line that gives its channel counts, and per pattern
+    of NCCL_LOG_PATTERNS the number of lines and the bytes they name (None when NCCL wrote no log)."""
+    if not path.exists():
+        return None
+    text = path.read_text(errors="replace")
+    version = re.search(r"NCCL version (\S+)", text)
+    channels = re.search(r"[^\n]*coll channels[^\n]*", text)
+    summary = {"version": version.group(1) if version else None,
+               "channels_line": channels.group(0).split("NCCL INFO ")[-1].strip() if channels else None}
+    for name, pattern in NCCL_LOG_PATTERNS.items():
+        found = re.findall(pattern, text)
+        summary[name] = {"lines": len(found), "bytes": sum(int(size) for size in found if size)}
+    return summary
 
 
 def token_ids(batch: int, tokens: int, vocab: int, device: torch.device) -> torch.Tensor:
@@ -238,6 +270,7 @@ def prefill_memory(model, batch: int, context: int, device: torch.device) -> dic
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         row["allocated_before_bytes"] = torch.cuda.memory_allocated(device)
+        row["reserved_before_bytes"] = torch.cuda.memory_reserved(device)
     dist.barrier()
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     synchronize(device)
@@ -253,6 +286,41 @@ def prefill_memory(model, batch: int, context: int, device: torch.device) -> dic
 
 def parameter_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() lists tied ones once
+
+
+def broadcast_parameters(model) -> None:
+    """The same numbers on every rank, whatever each rank's random init did (rank 0's)."""
+    for tensor in model.parameters():
+        dist.broadcast(tensor.data, src=0)
+
+
+@torch.no_grad()
+def check_outputs(model, ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of one forward pass over `ids` ([1, tokens, V], float32, on the CPU) and `new_tokens` greedy
+    tokens after it ([1, new_tokens], on the CPU); gathered, so identical on every rank of a split model."""
+    logits = model(input_ids=ids).logits.float().cpu()
+    return logits, greedy_decode(model, ids, new_tokens)[0].cpu()
+
+
+def fp32_check(name: str, settings: Settings, rank: int, world: int, device: torch.device) -> dict | None:
+    """TP=n against TP=1 in float32 on `settings.fp32_layers` layers of the model's shape (rank 0's result)."""
+    overrides = {**dict(settings.overrides), "num_hidden_layers": settings.fp32_layers}
+    torch.manual_seed(1)
+    model = random_model(name, dtype=torch.float32, device=device, attn_implementation="sdpa", **overrides)
+    broadcast_parameters(model)
+    ids = token_ids(1, settings.check_tokens, model.config.vocab_size, device)
+    reference = check_outputs(model, ids, settings.check_tokens) if rank == 0 else None
+    dist.barrier()
+    shard_model(model, rank, world)
+    split = check_outputs(model, ids, settings.check_tokens)
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if rank != 0:
+        return None
+    return {"dtype": "float32", "num_hidden_layers": settings.fp32_layers, "prompt_tokens": settings.check_tokens,
+            **compare_logits(reference[0], split[0], reference[1], split[1])}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,33 +356,38 @@ def main(argv=None) -> int:
     else:
         device, dtype, backend = torch.device("cpu"), torch.float32, "gloo"
         torch.set_num_threads(1)  # the ranks share the CPU's cores
+    nccl_log = Path(args.out or tempfile.gettempdir()) / f"nccl-rank{rank}.log"
+    if device.type == "cuda":  # NCCL's own account of its channels and buffers (read back at the end)
+        nccl_log.parent.mkdir(parents=True, exist_ok=True)
+        nccl_log.unlink(missing_ok=True)
+        for key, value in (("NCCL_DEBUG", "INFO"), ("NCCL_DEBUG_SUBSYS", "INIT,ALLOC"),
+                           ("NCCL_DEBUG_FILE", str(nccl_log))):
+            os.environ.setdefault(key, value)
     mine = {"rank": rank, "context_before_nccl_bytes": outside_pytorch_bytes(device)}
     dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    mine["outside_after_init_bytes"] = outside_pytorch_bytes(device)  # PyTorch creates NCCL's communicator lazily
     dist.all_reduce(torch.zeros(1, device=device))  # NCCL creates its communicator and buffers here
     synchronize(device)
     if device.type == "cuda":
         mine["nccl_bytes"] = outside_pytorch_bytes(device) - mine["context_before_nccl_bytes"]
+        version = torch.cuda.nccl.version()  # a tuple (2, 27, 5) in recent torch, an int in old ones
+        mine["nccl_version"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     log = (lambda *parts: print(*parts, flush=True)) if rank == 0 else (lambda *parts: None)
 
     sweep = allreduce_sweep(settings.sweep_bytes, dtype, device, world)
+    mine["outside_after_sweep_bytes"] = outside_pytorch_bytes(device)  # more channels or protocols connected?
     log("all-reduce sweep:", [(row["bytes"], f"{row['busbw_bytes_per_s'] / 1e9:.1f} GB/s") for row in sweep])
 
-    gc.collect()
-    empty_allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     torch.manual_seed(0)
     overrides = dict(settings.overrides)
     model = random_model(args.model, dtype=dtype, device=device, attn_implementation="sdpa", **overrides)
-    for tensor in model.parameters():
-        dist.broadcast(tensor.data, src=0)  # the same numbers on every rank, whatever the random init did
-    del tensor  # the loop variable would keep the last parameter (the full lm_head, V x d) alive after sharding
+    broadcast_parameters(model)
     vocab, d = model.config.vocab_size, model.config.hidden_size
     check_ids = token_ids(1, settings.check_tokens, vocab, device)
 
     tp1 = {"weights_parameter_bytes": parameter_bytes(model), "decode": [], "generate": []}
     if rank == 0:  # TP=1 on one GPU, the reference; the other ranks wait at the barrier
-        with torch.no_grad():
-            reference_logits = model(input_ids=check_ids).logits.float().cpu()  # [1, tokens, V], off the GPU
-        reference_tokens = greedy_decode(model, check_ids, settings.check_tokens)[0].cpu()  # [1, tokens]
+        reference = check_outputs(model, check_ids, settings.check_tokens)
         for batch in settings.decode_batches:
             ids = token_ids(batch, settings.prompt, vocab, device)
             tp1["decode"].append({"batch": batch, "prompt": settings.prompt, "steps": settings.steps,
@@ -326,22 +399,13 @@ def main(argv=None) -> int:
 
     shard_model(model, rank, world)
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    mine.update(weights_parameter_bytes=parameter_bytes(model),
-                weights_allocated_bytes=(torch.cuda.memory_allocated(device) - empty_allocated
-                                         if device.type == "cuda" else None))
+    mine.update(weights_parameter_bytes=parameter_bytes(model), weights_allocated_bytes=reload_weights(model, device))
 
-    with torch.no_grad():
-        split_logits = model(input_ids=check_ids).logits.float().cpu()  # [1, tokens, V], gathered on every rank
-    split_tokens = greedy_decode(model, check_ids, settings.check_tokens)[0].cpu()
+    split = check_outputs(model, check_ids, settings.check_tokens)
     correctness = None
     if rank == 0:
-        correctness = {"prompt_tokens": settings.check_tokens,
-                       "max_abs_logit_difference": (split_logits - reference_logits).abs().max().item(),
-                       "reference_logit_std": reference_logits.std().item(),
-                       "greedy_tokens": settings.check_tokens,
-                       "greedy_tokens_equal": int((split_tokens == reference_tokens).sum())}
+        correctness = {"dtype": str(dtype).removeprefix("torch."), "prompt_tokens": settings.check_tokens,
+                       **compare_logits(reference[0], split[0], reference[1], split[1])}
         log("TP=n vs TP=1:", correctness)
 
     precision = PRECISIONS[str(dtype).removeprefix("torch.")]
@@ -371,12 +435,15 @@ def main(argv=None) -> int:
             "standalone_allreduce_seconds": lone_allreduce_seconds(batch * d, dtype, device, iterations=200)})
         log("TP=n decode", mine["decode"][-1])
 
+    correctness_fp32 = None
+
     def store(ranks: list[dict]) -> tuple[dict, Path]:
         measurements = {"model": args.model, "overrides": overrides, "dtype": str(dtype).removeprefix("torch."),
                         "tp": world,
                         "vocab_parallel": True, "attn_implementation": "sdpa", "backend": backend,
                         "nccl_environment": {name: os.environ.get(name) for name in NCCL_SAFETY},
-                        "allreduce_sweep": sweep, "tp1": tp1, "correctness": correctness, "ranks": ranks}
+                        "allreduce_sweep": sweep, "tp1": tp1, "correctness": correctness,
+                        "correctness_fp32": correctness_fp32, "ranks": ranks}
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         slug = "h100" if "H100" in name else "h200" if "H200" in name else "cpu" if name == "cpu" else "gpu"
         environment = " ".join(f"{key}={value}" for key, value in NCCL_SAFETY.items())
@@ -393,6 +460,16 @@ def main(argv=None) -> int:
     log("TP=n generate", mine["generate"])
     dist.all_gather_object(ranks, mine)
     if rank == 0:
+        store(ranks)  # stored again before the float32 check
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    correctness_fp32 = fp32_check(args.model, settings, rank, world, device)
+    log("TP=n vs TP=1, float32:", correctness_fp32)
+    mine["nccl_log"] = nccl_log_summary(nccl_log) if device.type == "cuda" else None
+    dist.all_gather_object(ranks, mine)
+    if rank == 0:
         report(*store(ranks))
     dist.barrier()
     dist.destroy_process_group()
@@ -401,10 +478,9 @@ def main(argv=None) -> int:
 
 def report(measurements: dict, path: Path) -> None:
     """The short table, last: per-GPU bytes planned vs measured (rank 0), then decode and all-reduce times."""
-    print(f"\n{measurements['model']} over tp={measurements['tp']} ({measurements['backend']}): "
-          f"TP=n vs TP=1 max |logit difference| {measurements['correctness']['max_abs_logit_difference']:.3g} "
-          f"(logit std {measurements['correctness']['reference_logit_std']:.3g}), greedy tokens equal "
-          f"{measurements['correctness']['greedy_tokens_equal']}/{measurements['correctness']['greedy_tokens']}")
+    print(f"\n{measurements['model']} over tp={measurements['tp']} ({measurements['backend']})")
+    for check in (measurements["correctness"], measurements["correctness_fp32"]):
+        print(f"TP=n vs TP=1, {check_summary(check)}")
     print(f"{'part (rank 0)':28s} {'batch':>5s} {'context':>7s} {'planned GiB':>11s} {'measured GiB':>12s} "
           f"{'error':>7s}")
     for row in compare_with_plan(measurements):

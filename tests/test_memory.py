@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from llmlab.hardware import gpu
-from llmlab.memory import (BYTES_PER_PARAM, FORMATS, GB, RUNTIME, GiB, Runtime, activation_bytes, check_guide_table,
+from llmlab.memory import (BYTES_PER_PARAM, FORMATS, GB, GROWING_CACHE_SLACK, RUNTIME, GiB, Runtime, activation_bytes, check_guide_table,
                            guide_table, kv_bytes_guide, kv_bytes_per_token, kv_cache_bytes, overhead_bytes, plan,
                            weight_bytes)
 from llmlab.models import LinearShape, ModelSpec, load_spec
@@ -213,11 +213,55 @@ def test_activations_match_the_h100_measurement(catalog):
             assert 1.0 < ratio < 1.03, (attention, tokens, keep, ratio)  # observed 1.002 to 1.018
 
 
+def test_w8a8_activation_staging(catalog):
+    """W8A8 linears quantize their input per token: the down_proj input (the gate x up product, T x f) plus its
+    staging can make the peak; vLLM's fused 8-bit copy (1 byte) never does, llmlab's eager FP8Linear (12) does."""
+    spec = load_spec(dict(catalog["llama-3.1-8b"].config, num_hidden_layers=2))
+    tokens, d, f = 16 * 8192, 4096, 14336
+    bf16 = activation_bytes(spec, 16, 8192, "bf16")
+    assert bf16 == 2 * tokens * d * 2 + tokens * (2 * d + 3 * f) * 2  # held + the MLP phase
+    assert activation_bytes(spec, 16, 8192, "bf16", quantization_bytes=1) == bf16
+    eager = activation_bytes(spec, 16, 8192, "bf16", quantization_bytes=12)
+    assert eager == 2 * tokens * d * 2 + tokens * (2 * d * 2 + f * (2 + 12))  # + residual, normed, product, staging
+    whole = replace(RUNTIME, prefill_chunk=None, activation_quantization_bytes=12)
+    assert plan(spec, "fp8", "bf16", 8192, 16, runtime=whole).activation_bytes == eager
+    assert plan(spec, "int4", "bf16", 8192, 16, runtime=whole).activation_bytes == bf16  # W4A16: 16-bit inputs
+    with pytest.raises(ValueError, match="quantization_bytes must be a whole number of bytes >= 0"):
+        activation_bytes(spec, quantization_bytes=-1)
+
+
 def test_overhead_constants_in_one_place():
-    assert overhead_bytes() == RUNTIME.cuda_context_bytes == 603 * 2**20  # measured on the lent H100
-    assert overhead_bytes(activation=10**9) == RUNTIME.cuda_context_bytes + 50_000_000  # 5 % allocator slack
-    assert overhead_bytes(tp=2, allreduce_bytes=1000) == RUNTIME.cuda_context_bytes + RUNTIME.nccl_bytes + 1000
-    assert overhead_bytes(runtime=Runtime(cuda_context_bytes=0)) == 0
+    context, workspace = RUNTIME.cuda_context_bytes, RUNTIME.workspace_bytes
+    assert overhead_bytes() == context + workspace == (695 + 32) * 2**20  # measured on the lent H100
+    assert overhead_bytes(activation=10**9) == context + workspace + 50_000_000  # slack 0.05: KV pool allocated first
+    growing = Runtime(allocator_fraction=GROWING_CACHE_SLACK)
+    assert overhead_bytes(activation=10**9, runtime=growing) == context + workspace + 480_000_000  # transformers
+    assert overhead_bytes(tp=2) == context + workspace + RUNTIME.nccl_bytes  # no all-reduce buffer: summed in place
+    assert overhead_bytes(precision="fp8") == context + workspace + RUNTIME.fp8_kernels_bytes  # cuBLASLt FP8 kernels
+    assert overhead_bytes(precision="int4") == overhead_bytes()  # W4A16 multiplies in 16-bit
+    assert overhead_bytes(runtime=Runtime(cuda_context_bytes=0, workspace_bytes=0)) == 0
+
+
+def test_runtime_constants_are_the_stored_measurements():
+    """Each constant against the stored run its comment names: a new run that moves them fails here."""
+    from llmlab.results import load_result
+
+    anatomy = load_result("gpu-memory-anatomy")["measurements"]
+    big = next(run for run in anatomy["models"] if run["model"] == "llama-3.1-8b")
+    context = max(run["context_overhead_bytes"] for run in anatomy["models"])  # after the first model's prefills
+    assert abs(context / RUNTIME.cuda_context_bytes - 1) < 0.02, context / 2**20  # observed 694.8 MiB, 2026-11-25
+    points = [p for p in big["points"] if not p.get("all_logits") and not p.get("oom")]
+    workspace = [p["allocated_before_bytes"] - big["weights_allocated_bytes"] for p in points]
+    assert all(RUNTIME.workspace_bytes <= w < RUNTIME.workspace_bytes + 2 * 2**20 for w in workspace), workspace
+    # observed 32.0-33.0 MiB: cuBLAS's workspace (+ a few small tensors)
+    slack = [(p["peak_reserved_bytes"] - p["peak_allocated_bytes"])
+             / (p["peak_allocated_bytes"] - p["allocated_before_bytes"] - p["kv_bytes"]) for p in points
+             if p["peak_allocated_bytes"] - p["allocated_before_bytes"] - p["kv_bytes"] >= GiB]
+    assert len(slack) == 4 and abs(sum(slack) / len(slack) - GROWING_CACHE_SLACK) < 0.01, slack
+    # observed 0.500, 0.483, 0.466, 0.457 (mean 0.477)
+    parallel = load_result("gpu-tensor-parallel-h200")["measurements"]
+    nccl = [rank["nccl_bytes"] for rank in parallel["ranks"]]
+    assert all(abs(n / RUNTIME.nccl_bytes - 1) < 0.02 for n in nccl), [n / 2**20 for n in nccl]  # observed 840.0, 840.1
 
 
 # ---------------------------------------------------------------- the planner
@@ -246,14 +290,14 @@ def test_70b_fp8_on_one_h100(catalog):
     assert result.fits and result.budget_bytes == int(0.9 * 85_017_493_504)
     weights_only_room = (result.budget_bytes - result.weight_bytes) // result.kv_bytes_per_token
     assert weights_only_room == 11_736  # tokens of fp16 KV if weights were the only other thing on the GPU
-    assert 4_000 < result.max_context < weights_only_room, result.max_context  # observed 5,568 (2026-11)
+    assert 4_000 < result.max_context < weights_only_room, result.max_context  # observed 4,400 (2026-11-26)
     assert result.max_context_limited_by == "memory" and result.max_concurrency == 1
     assert plan(spec, "fp8", context=result.max_context, gpu="h100").fits
     assert not plan(spec, "fp8", context=result.max_context + 1, gpu="h100").fits
     assert not plan(spec, "fp8", context=8192, gpu="h100").fits
     # halving the KV bytes does not double the context: the prefill's activations grow with it (up to the chunk)
     fp8_kv = plan(spec, "fp8", kv_dtype="fp8", gpu="h100").max_context
-    assert 1.3 * result.max_context < fp8_kv < 2 * result.max_context, fp8_kv  # observed 7,775
+    assert 1.3 * result.max_context < fp8_kv < 2 * result.max_context, fp8_kv  # observed 5,799
 
 
 def test_max_concurrency_and_context_limits(catalog):
@@ -286,7 +330,8 @@ def test_tensor_parallel_splits_weights_and_kv(catalog):
     assert two.total_bytes == 2 * two.per_gpu_bytes
     assert two.overhead_bytes > one.overhead_bytes  # NCCL buffers
     fits = plan(spec, tp=2, gpu="h100")
-    assert fits.fits and 15_000 < fits.max_context < 30_000, fits.max_context  # observed 22,108
+    assert fits.fits and 10_000 < fits.max_context < 20_000, fits.max_context  # observed 14,926 (22,108 before the
+    # runtime constants were measured: NCCL 840 MiB not 256, allocator slack 0.48 of the activations not 0.05)
 
 
 def test_tensor_parallel_rules(catalog):
@@ -352,17 +397,17 @@ def test_guide_table_as_printed():
 def test_check_guide_table_verdicts():
     checks = check_guide_table(context=4096, batch=1)
     verdicts = {(check.row.size, check.row.label): check.verdict for check in checks}
-    assert verdicts == {  # observed 2026-11 with llama-3.1-8b / -70b, fp16 KV, utilization 0.9
+    assert verdicts == {  # observed 2026-11-26 with llama-3.1-8b / -70b, fp16 KV, utilization 0.9
         ("8B", "FP16"): "holds",
         ("8B", "FP8 / INT8"): "approximate",  # 9.1 GB, not 8: embedding and lm_head stay 16-bit
         ("8B", "INT4 (AWQ/GGUF)"): "wrong",  # 5.7 GB, not 4 (+43 %)
         ("70B", "FP16"): "holds",
-        ("70B", "FP8 / INT8"): "approximate",  # fits one H100 with room for only ~5.6k tokens
-        ("70B", "INT4 (AWQ/GGUF)"): "approximate",  # 39.8 GB, not 35; 2x RTX 3090 leave ~6.4k tokens
+        ("70B", "FP8 / INT8"): "approximate",  # fits one H100 with room for only ~5.2k tokens
+        ("70B", "INT4 (AWQ/GGUF)"): "approximate",  # 2x RTX 3090: 22.85 GB per GPU of a 22.95 budget (~4.4k tokens)
     }, verdicts
     by_row = {(check.row.size, check.row.label): check for check in checks}
     fp8_70b = by_row[("70B", "FP8 / INT8")]
-    assert fp8_70b.weights_gb == 72.67 and "5,568 tokens" in fp8_70b.reason, fp8_70b.reason
+    assert fp8_70b.weights_gb == 72.67 and "5,179 tokens" in fp8_70b.reason, fp8_70b.reason
     assert by_row[("8B", "FP8 / INT8")].options[1]["precision"] == "int8"  # the T4 runs INT8, not FP8
     assert all(check.reason for check in checks)
     json.dumps([check.to_dict() for check in checks])

@@ -3,6 +3,10 @@
 - `state_dict_bytes`: the bytes of every parameter and buffer, grouped the way the planner groups them.
 - `kv_cache_bytes_of`: the bytes of the K and V tensors a real `generate()` call leaves in its cache.
 - `peak_memory`: the peak of a block of code — CUDA allocator peak on a GPU, resident set size on a CPU.
+- `cpu_allocation_peak`: the exact peak of PyTorch's CPU allocator over a block (the profiler's memory events).
+- `reload_weights`: a model's tensors moved to fresh GPU allocator segments (after converting or splitting them).
+- `compare_anatomy`, `prefill_rows`, `by_point`: stored GPU prefills (benchmarks/gpu_memory_anatomy.py, and per rank
+  benchmarks/gpu_tensor_parallel.py through `llmlab.parallel.compare_with_plan`) beside `llmlab.memory.plan`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import gc
 import resource
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+
+from llmlab.memory import GROWING_CACHE_SLACK, Plan, Runtime, plan
 
 
 def _group_of(name: str) -> str:
@@ -154,3 +160,135 @@ def peak_memory(device: str | torch.device = "cpu", sample_every_s: float = 0.00
             sampler.join()
             peak.peak_bytes = max(peak.peak_bytes, _rss_bytes())
     peak.seconds = time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def cpu_allocation_peak():
+    """`with cpu_allocation_peak() as peak:` — the most bytes the tensors allocated inside the block held at once on
+    the CPU, from the profiler's record of every allocation and free of PyTorch's CPU allocator: exact to the byte,
+    unlike RSS (`peak_memory("cpu")`), but slower, since the profiler records every op. Allocations and frees
+    inside one op are netted (an op's own temporaries do not show)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    peak = Peak("cpu")
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        yield peak
+    live = 0
+    changes = sorted((event for event in profiler.events() if event.self_cpu_memory_usage),
+                     key=lambda event: event.time_range.start)
+    for event in changes:  # + what an op allocated (its outputs), - what was freed
+        live += event.self_cpu_memory_usage
+        peak.peak_bytes = max(peak.peak_bytes, live)
+    peak.seconds = time.perf_counter() - start
+
+
+def reload_weights(model: torch.nn.Module, device: str | torch.device) -> int | None:
+    """Move `model` to the CPU and back to the GPU `device`, so that its tensors sit in fresh allocator segments, as a
+    checkpoint loaded straight into its final form would: converting or splitting the weights in place frees the old
+    tensors around the new ones, and those holes stay reserved (0.6-0.9 GiB per GPU after sharding Llama-3.1-8B over
+    2 GPUs, 2026-11-26). Returns the bytes the model's tensors take in the allocator (None off a GPU: nothing done)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    model.to("cpu")
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    model.to(device)
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device) - before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stored GPU prefills against the planner
+# --------------------------------------------------------------------------------------------------------------
+
+WHOLE_BATCH = Runtime(prefill_chunk=None, allocator_fraction=GROWING_CACHE_SLACK)  # the benchmarks prefill batch x
+# context in one pass with transformers' growing cache
+PRECISIONS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}  # torch dtype name -> planner precision
+QUANTIZATION_STAGING = {"llmlab.quant.kernels.FP8Linear": 12}  # linear class a stored run used -> its
+# Runtime.activation_quantization_bytes: FP8Linear quantizes its input through three fp32 temporaries
+
+
+def comparison_row(part: str, planned: int, measured: int | None, batch=None, context=None, **labels) -> list[dict]:
+    """One compared quantity (none when it was not measured); error = planned / measured - 1 (negative: the planner
+    under-predicts)."""
+    if measured is None:
+        return []
+    return [{**labels, "part": part, "batch": batch, "context": context, "planned_bytes": int(planned),
+             "measured_bytes": int(measured), "error": planned / measured - 1}]
+
+
+def prefill_rows(planned: Plan, point: dict, outside_pytorch_bytes: int | None, runtime: Runtime = WHOLE_BATCH,
+                 **labels) -> list[dict]:
+    """One stored prefill (`point`: batch, context, kv_bytes, peak_allocated_bytes, peak_reserved_bytes) beside the
+    plan of the same batch x context on one GPU, one row per quantity:
+
+      "KV cache"        the K/V bytes the cache holds: must be exact
+      "allocated peak"  weights + KV + activations + cuBLAS workspace vs the allocator's peak
+      "per-GPU total"   the plan's per-GPU bytes vs peak reserved + memory outside PyTorch (`outside_pytorch_bytes`:
+                        CUDA context, loaded kernels, NCCL): what nvidia-smi shows at the peak
+
+    `labels` (model, precision, rank, ...) are copied into every row.
+    """
+    where = dict(batch=point["batch"], context=point["context"], **labels)
+    allocated = (planned.per_gpu_weight_bytes + planned.per_gpu_kv_bytes + planned.activation_bytes
+                 + runtime.workspace_bytes)
+    reserved = point.get("peak_reserved_bytes")
+    in_use = reserved + outside_pytorch_bytes if reserved is not None and outside_pytorch_bytes is not None else None
+    return (comparison_row("KV cache", planned.per_gpu_kv_bytes, point["kv_bytes"], **where)
+            + comparison_row("allocated peak", allocated, point.get("peak_allocated_bytes"), **where)
+            + comparison_row("per-GPU total", planned.per_gpu_bytes, in_use, **where))
+
+
+def run_runtime(run: dict, runtime: Runtime = WHOLE_BATCH) -> Runtime:
+    """The runtime a stored run's model ran under: `runtime`, with the activation staging of its W8A8 linears."""
+    staging = QUANTIZATION_STAGING.get(run.get("linear"))
+    return runtime if staging is None else replace(runtime, activation_quantization_bytes=staging)
+
+
+def compare_anatomy(measurements: dict, runtime: Runtime = WHOLE_BATCH) -> list[dict]:
+    """Every stored prefill of benchmarks/gpu_memory_anatomy.py (last-position logits; all-logits passes and
+    out-of-memory points skipped) beside `plan(model, precision, kv_dtype, context, batch)`: per model run (the bf16
+    "models", then the "quantized_models" when stored) a "weights" row (planned vs allocated), then `prefill_rows` for
+    each point. Rows carry model, precision and kv_dtype. A quantized run's activations are planned with the staging
+    of the linear class it ran (`QUANTIZATION_STAGING`).
+
+    Memory outside PyTorch is the point's own `non_pytorch_bytes` when stored; runs made before it was (2026-11-25)
+    measured it once per model before that model's first prefill, which misses the kernels loaded by the prefills
+    themselves: for those the run's largest value is used (it was taken after the first model's prefills).
+    """
+    runs = measurements["models"] + measurements.get("quantized_models", [])
+    outside_run = max((run.get("context_overhead_bytes") or 0 for run in runs), default=0) or None
+    rows = []
+    for run in runs:
+        precision = run.get("precision") or PRECISIONS[run["dtype"]]
+        kv_dtype = run.get("kv_dtype") or PRECISIONS[run["dtype"]]
+        labels = dict(model=run["model"], precision=precision, kv_dtype=kv_dtype)
+        model_runtime = run_runtime(run, runtime)
+        first = plan(run["model"], precision, kv_dtype, 1, 1, runtime=model_runtime)
+        rows += comparison_row("weights", first.per_gpu_weight_bytes, run.get("weights_allocated_bytes"), **labels)
+        for point in run["points"]:
+            if point.get("oom") or point.get("all_logits"):
+                continue
+            planned = plan(run["model"], precision, kv_dtype, point["context"], point["batch"], runtime=model_runtime)
+            outside = point.get("non_pytorch_bytes") or outside_run
+            rows += prefill_rows(planned, point, outside, model_runtime, **labels)
+    return rows
+
+
+def by_point(rows: list[dict]) -> list[dict]:
+    """Rows of one comparison regrouped, one dict per stored prefill: its labels, batch and context, then for each
+    part "<part>: planned", "<part>: measured" (bytes) and "<part>: error". Rows without a batch are left out."""
+    points: dict[tuple, dict] = {}
+    for row in rows:
+        if row["batch"] is None:
+            continue
+        labels = {key: value for key, value in row.items()
+                  if key not in ("part", "planned_bytes", "measured_bytes", "error")}
+        entry = points.setdefault(tuple(labels.items()), dict(labels))
+        part = row["part"]
+        entry.update({f"{part}: planned": row["planned_bytes"], f"{part}: measured": row["measured_bytes"],
+                      f"{part}: error": row["error"]})
+    return list(points.values())

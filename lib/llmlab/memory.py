@@ -14,7 +14,7 @@ V vocab_size, W sliding window, S layers using it, b bytes per element, g the in
     guide       batch x n x L x 2 x d x b / (H / K)   -- assumes H x hd = d (false for gemma-2, qwen3 ...)
                 and no sliding window: `kv_bytes_guide` keeps it so the notebooks can show where it breaks
     activations the largest live tensors of one layer during a prefill (see `activation_bytes`)
-    overhead    CUDA context + allocator slack (+ NCCL buffers under tensor parallelism): `Runtime`
+    overhead    CUDA context + cuBLAS workspace + allocator slack (+ NCCL under tensor parallelism): `Runtime`
 
 MLA (DeepSeek-V2/V3) caches one compressed latent per token and layer, (kv_lora_rank + qk_rope_head_dim) values,
 as vLLM and SGLang store it (arXiv 2405.04434, eq. 9-10); transformers' eager cache keeps the decompressed K and V
@@ -74,6 +74,7 @@ NF4_BLOCK = 64  # bitsandbytes' default blocksize for 4-bit
 NF4_NESTED_BLOCK = 256  # double quantization: absmax values per fp32 second-level scale
 KEEPABLE = ("embedding", "lm_head")  # parts `keep_16bit` may name
 GROUP_CANDIDATES = (32, 64, 96, 128, 192, 256)  # group sizes 4-bit kernels accept (multiples of 32)
+W8A8 = ("fp8", "int8")  # matmul formats that quantize the activations too (per token, at every call)
 
 # Tensor parallelism (Megatron-LM layout, as vLLM shards it): row-parallel matrices split their input columns,
 # every other decoder matrix its output rows; K/V projections are replicated when there are fewer KV heads than GPUs.
@@ -82,23 +83,56 @@ KV_PROJECTIONS = ("k_proj", "v_proj")
 FUSED_QKV = ("qkv_proj",)
 
 # --------------------------------------------------------------------------------------------------------------
-# Runtime overhead: every constant in one place (later issues measure them on the lent H100)
+# Runtime overhead: every constant in one place, each with the stored measurement it comes from
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Memory a GPU process holds besides weights, KV cache and activations."""
+    """Memory a GPU process holds besides weights, KV cache and activations, and how a prefill is cut.
 
-    cuda_context_bytes: int = 603 * MiB  # per GPU: CUDA context, loaded kernels, cuBLAS workspace. Measured on the
-    # lent H100 (torch 2.11, CUDA 13, 2026-11-25): 527 MiB after init, 595 after a bf16 GEMM, 603 after SDPA
-    # attention, 693 after an FP8 GEMM (cuBLASLt)
-    allocator_fraction: float = 0.05  # caching-allocator slack on top of the peak activations (rounding, fragments)
-    nccl_bytes: int = 256 * MiB  # per GPU when tp > 1: NCCL communicator buffers (and vLLM's custom all-reduce)
+    What `nvidia-smi` shows for one GPU at the peak of a prefill is PyTorch's *reserved* memory plus what lives outside
+    PyTorch's allocator. The first holds the weights, KV cache, activations, cuBLAS's workspace and the caching
+    allocator's slack; the second the CUDA context with its loaded kernels and, under tensor parallelism, NCCL.
+    Stored runs: data/results/gpu-memory-anatomy.json (H100, TP=1) and gpu-tensor-parallel-h200.json (2x H200, TP=2).
+    """
+
+    cuda_context_bytes: int = 695 * MiB  # per GPU, outside PyTorch's allocator: the CUDA context (619 MiB right after
+    # torch initializes CUDA) plus the kernels loaded on first use (cuBLAS GEMMs, SDPA, elementwise: +76 MiB).
+    # Measured on the lent H100, torch 2.11 / CUDA 13, 2026-11-25 (gpu-memory-anatomy: 619 MiB before any model,
+    # 695 MiB after the bf16 prefills); 701 and 721 MiB on the two H200 ranks once NCCL's share is taken out
+    # (gpu-tensor-parallel-h200, 2026-11-26)
+    fp8_kernels_bytes: int = 90 * MiB  # per GPU, outside PyTorch's allocator, when the weights multiply in FP8:
+    # cuBLASLt's FP8 GEMM kernels, loaded by the first FP8 matmul. Measured 603 -> 693 MiB on the lent H100,
+    # torch 2.11 / CUDA 13, 2026-11-25
+    workspace_bytes: int = 32 * MiB  # per GPU, inside PyTorch's allocator: cuBLAS's workspace, which torch sizes
+    # by CUBLAS_WORKSPACE_CONFIG (default ":4096:8" = 32 MiB on compute capability 9.x, ":4096:2:16:8" = 8 MiB
+    # before). Measured 32.0-34.0 MiB allocated beyond the weights before each prefill (H100, TP=1) and on each H200
+    # rank (TP=2), 2026-11
+    allocator_fraction: float = 0.05  # reserved minus allocated at a forward pass's peak, per byte of activations,
+    # when the KV cache is allocated before any forward pass (vLLM's pool): rounding and a few holes (not measured
+    # yet; gpu_memory_anatomy.py's prefills without a cache will). A cache that grows during the prefill (transformers)
+    # leaves ~10x more: GROWING_CACHE_SLACK
+    nccl_bytes: int = 840 * MiB  # per GPU when tp > 1, outside PyTorch's allocator: what NCCL's communicator adds on
+    # its first collective. Per channel and peer it keeps one FIFO per protocol (Simple: NCCL_BUFFSIZE, 4 MiB; LL128:
+    # 4.7 MiB; LL: 0.5 MiB), allocated through cuMem in 2 MiB granules (about 12 MiB per channel and peer), plus
+    # NCCL's own kernels and device structures; it grows with the channels NCCL opens (many on NVLink, a few over
+    # PCIe, so PCIe pairs likely hold less), not with the messages. Measured 840 MiB on each rank of 2x H200 over
+    # NVLink (torch 2.11's NCCL, NVLS off), 2026-11-26; benchmarks/gpu_tensor_parallel.py now stores NCCL's own log
+    # of its channels and buffers to split it
+    activation_quantization_bytes: int = 1  # bytes per value of a W8A8 linear's input (fp8, int8 weights) allocated
+    # beside the 16-bit input to quantize it per token: 1 in vLLM, whose fused kernel writes the 8-bit copy;
+    # 12 for llmlab.quant.kernels.FP8Linear, which goes through three fp32 temporaries (X.float(), X / s, the clamp)
     prefill_chunk: int | None = 8192  # tokens per forward pass: vLLM's max_num_batched_tokens for `vllm serve` on
     # >= 70 GiB GPUs (2048 on smaller ones); None = the whole batch x context at once, as transformers' generate does
 
 
+GROWING_CACHE_SLACK = 0.48  # allocator_fraction measured when K and V grow during the prefill (transformers'
+# DynamicCache): each layer's K and V are carved out of blocks the previous layer's activations freed, so the next
+# layer's large tensors no longer fit the holes and new segments are reserved. Mean of the four llama-3.1-8b bf16
+# prefills with >= 1 GiB of activations on the H100 (0.46-0.50, gpu-memory-anatomy, 2026-11-25); the same prefills at
+# TP=2 on 2x H200 measured 0.29-0.61 per rank (2026-11-26). PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# removes most of it.
 RUNTIME = Runtime()
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,7 +300,7 @@ def _kv_bytes(kv_dtype: str) -> int:
 
 
 def activation_bytes(spec: ModelSpec, batch: int = 1, context: int = 4096, dtype: str = "fp16", tp: int = 1,
-                     flash: bool = True, logits: str = "last") -> int:
+                     flash: bool = True, logits: str = "last", quantization_bytes: int = 0) -> int:
     """Peak activation bytes of one prefill forward pass over batch x context tokens (T), on one GPU of tp.
 
     The assumption: layers run one after another and the allocator frees each intermediate at its last use (eager
@@ -280,12 +314,19 @@ def activation_bytes(spec: ModelSpec, batch: int = 1, context: int = 4096, dtype
       logits     after the layers: the final hidden states T x d and the logits [batch, V] for the last position
                  (generate upcasts them to fp32: b + 4 bytes each) or [T, V] in the dtype with logits="all"
                  (a loss would upcast them to fp32 again: not counted)
+      quantize   W8A8 linears (fp8, int8) quantize their input per token first: `quantization_bytes` per input value
+                 beside it (`Runtime.activation_quantization_bytes`). The largest input is down_proj's, the gate x up
+                 product T x f: the residual and its normed copy 2 x T x d, the product, and its staging T x f x q.
+                 With vLLM's fused kernel (q = 1) the MLP phase stays larger; llmlab's eager FP8Linear (q = 12) makes
+                 this the peak
     Calibrated on the lent H100 (transformers 5.17, bf16, Llama-3.1-8B shapes, 2 layers): measured/predicted peak
     1.004 at 4096 and 8192 tokens (SDPA), 1.01 with eager attention at 4096, 1.002 for all-position logits at 2048;
     1.28 at 1024 tokens, where a fixed ~32 MiB (cuBLAS's workspace, taken from PyTorch's allocator) shows.
     Under tensor parallelism heads and MLP widths split over tp; the residual stream and logits do not.
     """
     _check_positive(batch=batch, context=context, tp=tp)
+    if isinstance(quantization_bytes, bool) or not isinstance(quantization_bytes, int) or quantization_bytes < 0:
+        raise ValueError(f"quantization_bytes must be a whole number of bytes >= 0, not {quantization_bytes!r}")
     if logits not in ("last", "all"):
         raise ValueError(f"logits must be 'last' (generation) or 'all' (perplexity), not {logits!r}")
     b = _activation_dtype_bytes(dtype)
@@ -302,20 +343,26 @@ def activation_bytes(spec: ModelSpec, batch: int = 1, context: int = 4096, dtype
     if spec.num_experts and spec.expert_intermediate_size:
         widths.append((spec.num_experts_per_token, math.ceil(spec.expert_intermediate_size / tp)))
     mlp = max((tokens * (2 * d + 3 * k * width) * b for k, width in widths), default=0)
+    quantize = max((tokens * (2 * d * b + k * width * (b + quantization_bytes)) for k, width in widths), default=0)
     if logits == "last":
         logit_bytes = tokens * d * b + batch * spec.vocab_size * (b + 4)
     else:
         logit_bytes = tokens * d * b + tokens * spec.vocab_size * b
-    return max(held + attention, held + mlp, logit_bytes)
+    return max(held + attention, held + mlp, held + quantize, logit_bytes)
 
 
-def overhead_bytes(activation: int = 0, tp: int = 1, allreduce_bytes: int = 0, runtime: Runtime = RUNTIME) -> int:
-    """Per-GPU runtime overhead: CUDA context + allocator slack on the activations (+ NCCL and the all-reduce
-    buffer of one forward pass when tp > 1). The constants are `Runtime`'s."""
+def overhead_bytes(activation: int = 0, tp: int = 1, runtime: Runtime = RUNTIME, precision: str = "fp16") -> int:
+    """Per-GPU runtime overhead: CUDA context (+ cuBLASLt's FP8 kernels when the weights multiply in FP8), cuBLAS's
+    workspace, the caching allocator's slack on the activations, and NCCL's communicator when tp > 1.
+
+    An all-reduce needs no buffer of its own here: it sums the row-parallel output in place (that tensor is an
+    activation) and stages through NCCL's FIFOs (in nccl_bytes). The constants are `Runtime`'s.
+    """
     _check_positive(tp=tp)
+    kernels = runtime.fp8_kernels_bytes if _format(precision).matmul == "fp8" else 0
     slack = int(runtime.allocator_fraction * activation)
-    communication = runtime.nccl_bytes + allreduce_bytes if tp > 1 else 0
-    return runtime.cuda_context_bytes + slack + communication
+    communication = runtime.nccl_bytes if tp > 1 else 0
+    return runtime.cuda_context_bytes + kernels + runtime.workspace_bytes + slack + communication
 
 
 def _activation_dtype_bytes(dtype: str) -> int:
@@ -351,7 +398,7 @@ class Plan:
     activation_bytes: int  # peak activations of that pass, per GPU
     per_gpu_weight_bytes: int  # the weight shard one GPU holds (= weight_bytes when tp = 1)
     per_gpu_kv_bytes: int  # the KV-cache shard one GPU holds (kv heads split over tp, replicated when tp > kv heads)
-    overhead_bytes: int  # CUDA context, allocator slack, NCCL (per GPU)
+    overhead_bytes: int  # CUDA context (+ FP8 kernels), cuBLAS workspace, allocator slack, NCCL (per GPU)
     per_gpu_bytes: int  # what one GPU holds: its weight and KV shards + activations + overhead
     total_bytes: int  # all GPUs together (per_gpu_bytes x tp)
     gpu: str | None = None  # catalog name of the GPU planned on
@@ -475,9 +522,10 @@ def _per_gpu(setup: _Setup, context: int, batch: int) -> dict[str, int]:
     tokens = _prefill_tokens(setup, context, batch)
     # a chunk smaller than the batch's prompts covers one sequence's slice: tokens x 1; else the whole batch
     rows, length = (batch, context) if tokens == batch * context else (1, tokens)
-    activation = activation_bytes(spec, rows, length, setup.activation_dtype, tp)
-    allreduce = tokens * spec.hidden_size * _activation_dtype_bytes(setup.activation_dtype)
-    overhead = overhead_bytes(activation, tp, allreduce, setup.runtime)
+    w8a8 = FORMATS[setup.weights.precision].matmul in W8A8
+    activation = activation_bytes(spec, rows, length, setup.activation_dtype, tp,
+                                  quantization_bytes=setup.runtime.activation_quantization_bytes if w8a8 else 0)
+    overhead = overhead_bytes(activation, tp, setup.runtime, setup.weights.precision)
     return {"weights": weights, "kv": kv, "activation": activation, "overhead": overhead,
             "total": weights + kv + activation + overhead}
 

@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.measure import PRECISIONS, WHOLE_BATCH, comparison_row, prefill_rows
 from llmlab.memory import Runtime, _check_tensor_parallel, _divisors, plan
 from llmlab.models import load_spec
 
@@ -242,6 +243,43 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, new_tokens: int) ->
     return torch.cat(tokens, dim=1), torch.stack(chosen_from, dim=1)
 
 
+def compare_logits(reference_logits: torch.Tensor, split_logits: torch.Tensor, reference_tokens: torch.Tensor,
+                   split_tokens: torch.Tensor) -> dict:
+    """The split model against the unsplit one on the same weights and prompt.
+
+    Logits [batch, tokens, V] of one forward pass: the largest |difference| and the same relative to the reference
+    logits' standard deviation (the split only reorders sums, so in float32 this is ~1e-6; bf16 rounds each partial
+    sum, ~1e-1). Greedy tokens [batch, new_tokens]: how many agree, and the first step where they differ (None when
+    none does); after a first difference the two continue from different prefixes, so only that step is telling.
+    """
+    difference = (split_logits.float() - reference_logits.float()).abs().max().item()
+    spread = reference_logits.float().std().item()
+    agree = (split_tokens == reference_tokens).all(dim=0)  # [new_tokens]: every sequence of the batch agrees
+    first_difference = None if bool(agree.all()) else int((~agree).nonzero()[0, 0])
+    return {"max_abs_logit_difference": difference, "reference_logit_std": spread,
+            "relative_difference": difference / spread if spread else (float("inf") if difference else 0.0),
+            "greedy_tokens": int(split_tokens.numel()),
+            "greedy_tokens_equal": int((split_tokens == reference_tokens).sum()),
+            "first_different_token": first_difference}
+
+
+def check_summary(check: dict | None) -> str:
+    """One line for a stored correctness check (`compare_logits` plus dtype and prompt_tokens; runs stored before
+    2026-11-26 lack the relative difference and the first differing step, which are derived where possible)."""
+    if not check:
+        return "not measured yet"
+    relative = check.get("relative_difference", check["max_abs_logit_difference"] / check["reference_logit_std"])
+    if "first_different_token" not in check:  # an old run: only the count is stored
+        agreed = f"{check['greedy_tokens_equal']} of {check['greedy_tokens']} equal"
+    elif check["first_different_token"] is None:
+        agreed = f"all {check['greedy_tokens']} equal"
+    else:
+        agreed = f"first differ at step {check['first_different_token']}"
+    layers = f", {check['num_hidden_layers']} decoder layer(s)" if "num_hidden_layers" in check else ""
+    return (f"{check.get('dtype', 'bfloat16')}{layers}: max |logit difference| {check['max_abs_logit_difference']:.3g} "
+            f"= {relative:.2g} x the logits' standard deviation; greedy tokens: {agreed}")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Several ranks on one CPU (gloo): the split checked without GPUs
 # --------------------------------------------------------------------------------------------------------------
@@ -306,8 +344,23 @@ def run_ranks(function, world_size: int, *args, timeout_s: float = 300.0) -> lis
 # Stored measurements against the planner
 # --------------------------------------------------------------------------------------------------------------
 
-WHOLE_BATCH = Runtime(prefill_chunk=None)  # the benchmark prefills batch x context in one pass (transformers)
-PRECISIONS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}  # torch dtype name -> planner precision
+STORED_RUNS = ("gpu-tensor-parallel-h200", "gpu-tensor-parallel-h100")  # what the GPU benchmark stores, per GPU
+
+
+def stored_run() -> dict:
+    """The newest stored multi-GPU run of benchmarks/gpu_tensor_parallel.py (provenance and measurements)."""
+    from llmlab.results import load_result
+
+    runs = []
+    for name in STORED_RUNS:
+        try:
+            runs.append(load_result(name))
+        except LookupError:
+            continue
+    if not runs:
+        raise LookupError(f"no stored tensor-parallel run ({', '.join(STORED_RUNS)}); run "
+                          "benchmarks/gpu_tensor_parallel.py on 2 GPUs (see its docstring)")
+    return max(runs, key=lambda run: run["provenance"]["date"])
 
 
 def allreduce_seconds(message_bytes: int, tp: int, bus_bytes_per_s: float, latency_s: float = 0.0) -> float:
@@ -332,45 +385,31 @@ def planned_model(model: str, overrides: dict | None = None) -> str | dict:
 def compare_with_plan(measurements: dict, runtime: Runtime = WHOLE_BATCH) -> list[dict]:
     """Per rank, the planner's per-GPU bytes (`plan(..., tp=...)`) beside the stored measurements.
 
-    One row per compared quantity: part, rank, batch, context, planned_bytes, measured_bytes, error (planned /
-    measured - 1; negative = the planner under-predicts). Parts: "weights" (allocator, else parameter bytes);
-    "NCCL buffers" (Runtime.nccl_bytes vs what the first collective added outside PyTorch); "outside PyTorch"
-    (CUDA context + NCCL vs the most seen outside the allocator after a prefill: context, cuBLAS, kernels, NCCL);
-    per prefill point "KV cache", "weights + KV + activations" (vs the allocator's peak) and "per-GPU total" (vs
-    peak reserved + memory outside PyTorch: what nvidia-smi shows).
+    One row per compared quantity: part, rank, layout, batch, context, planned_bytes, measured_bytes, error (planned /
+    measured - 1; negative = the planner under-predicts). Per rank: "weights" (the parameters' bytes); "NCCL buffers"
+    (Runtime.nccl_bytes vs what the first collective added outside PyTorch); "outside PyTorch" (CUDA context + NCCL
+    vs the most seen outside the allocator after a prefill). Per prefill point, `llmlab.measure.prefill_rows`:
+    "KV cache", "allocated peak" and "per-GPU total" (peak reserved + memory outside PyTorch: what nvidia-smi shows).
     `runtime` defaults to whole-batch prefills, as the benchmark runs them; its other constants are RUNTIME's.
     """
     model, tp = planned_model(measurements["model"], measurements.get("overrides")), measurements["tp"]
     precision = PRECISIONS[measurements["dtype"]]
     layout = "vocab-parallel" if measurements.get("vocab_parallel", True) else "replicated embedding and lm_head"
     first = plan(model, precision, precision, 1, 1, tp=tp, runtime=runtime)  # context-free parts
+    communication = runtime.nccl_bytes if tp > 1 else 0
     rows = []
-
-    def row(part, rank, planned, measured, batch=None, context=None):
-        if measured is not None:
-            rows.append({"part": part, "rank": rank, "batch": batch, "context": context, "layout": layout,
-                         "planned_bytes": int(planned), "measured_bytes": int(measured),
-                         "error": planned / measured - 1})
-
     for rank_data in measurements["ranks"]:
-        rank = rank_data["rank"]
-        weights = rank_data.get("weights_allocated_bytes") or rank_data["weights_parameter_bytes"]
-        row("weights", rank, first.per_gpu_weight_bytes, weights)
-        communication = runtime.nccl_bytes if tp > 1 else 0
+        labels = dict(rank=rank_data["rank"], layout=layout)
+        rows += comparison_row("weights", first.per_gpu_weight_bytes, rank_data["weights_parameter_bytes"], **labels)
         if tp > 1:
-            row("NCCL buffers", rank, runtime.nccl_bytes, rank_data.get("nccl_bytes"))
+            rows += comparison_row("NCCL buffers", runtime.nccl_bytes, rank_data.get("nccl_bytes"), **labels)
         points = [point for point in rank_data["points"] if not point.get("skipped")]
         outside = [point["non_pytorch_bytes"] for point in points if point.get("non_pytorch_bytes") is not None]
-        row("outside PyTorch", rank, runtime.cuda_context_bytes + communication, max(outside, default=None))
+        planned_outside = runtime.cuda_context_bytes + communication
+        rows += comparison_row("outside PyTorch", planned_outside, max(outside, default=None), **labels)
         for point in points:
-            batch, context = point["batch"], point["context"]
-            planned = plan(model, precision, precision, context, batch, tp=tp, runtime=runtime)
-            row("KV cache", rank, planned.per_gpu_kv_bytes, point["kv_bytes"], batch, context)
-            allocator_view = planned.per_gpu_weight_bytes + planned.per_gpu_kv_bytes + planned.activation_bytes
-            row("weights + KV + activations", rank, allocator_view, point.get("peak_allocated_bytes"), batch, context)
-            in_use = (point["peak_reserved_bytes"] + point["non_pytorch_bytes"]
-                      if point.get("peak_reserved_bytes") is not None else None)
-            row("per-GPU total", rank, planned.per_gpu_bytes, in_use, batch, context)
+            planned = plan(model, precision, precision, point["context"], point["batch"], tp=tp, runtime=runtime)
+            rows += prefill_rows(planned, point, point.get("non_pytorch_bytes"), runtime, **labels)
     return rows
 
 
@@ -405,3 +444,19 @@ def compare_communication(measurements: dict) -> list[dict]:
         })
     return rows
 
+
+
+def compare_decode_speed(measurements: dict) -> list[dict]:
+    """TP=1 against TP=n tokens/s per sequence of greedy generate() (the prefill excluded), per batch and mode ("eager";
+    "static": static cache, compiled with CUDA graphs), from rank 0: tp1_tokens_per_s, tokens_per_s and speedup
+    (None where one side did not run, e.g. a compile failure stored as "<mode>_error")."""
+    tp1 = {row["batch"]: row for row in measurements["tp1"]["generate"]}
+    rows = []
+    for row in measurements["ranks"][0].get("generate", []):
+        for key, value in row.items():
+            if key.endswith("_tokens_per_s"):
+                single = tp1.get(row["batch"], {}).get(key)
+                rows.append({"batch": row["batch"], "mode": key.removesuffix("_tokens_per_s"),
+                             "tp1_tokens_per_s": single, "tokens_per_s": value,
+                             "speedup": value / single if single else None})
+    return rows

@@ -43,3 +43,14 @@ def _():
 
     planned = plan("llama-3.1-8b", "bf16", "bf16", 8192, 16, runtime=Runtime(prefill_chunk=None))
     return (planned.weight_bytes + planned.kv_bytes + planned.activation_bytes) / 1e9
+
+
+@register("03.5", "What per-GPU total (GB = 10**9 bytes) does the planner predict for llama-3.1-8b in bf16 with a bf16 "
+                  "KV cache split over tp=2, at batch 16 x 8,192 tokens, the whole batch in one forward pass? (a "
+                  "number, GB; compare with the stored two-GPU run in §5.1)",
+          "plan('llama-3.1-8b', 'bf16', 'bf16', 8192, 16, tp=2, runtime=Runtime(prefill_chunk=None)).per_gpu_bytes "
+          "/ 1e9")
+def _():
+    from llmlab.memory import Runtime, plan
+
+    return plan("llama-3.1-8b", "bf16", "bf16", 8192, 16, tp=2, runtime=Runtime(prefill_chunk=None)).per_gpu_bytes / 1e9

@@ -48,3 +48,13 @@ def _():
     from llmlab.engines import vllm_budget
 
     return vllm_budget("llama-3.1-8b", "h100", "bf16", gpu_memory_utilization=0.8, max_model_len=16384).kv_tokens
+
+
+@register("10.5", "How many all-reduces does one forward pass (one decode step) of llama-3.1-8b make under tensor "
+                  "parallelism, with the embedding split by vocabulary? (an integer)",
+          "allreduces_per_decode_step(load_spec('llama-3.1-8b').num_layers)")
+def _():
+    from llmlab.models import load_spec
+    from llmlab.parallel import allreduces_per_decode_step
+
+    return allreduces_per_decode_step(load_spec("llama-3.1-8b").num_layers)
