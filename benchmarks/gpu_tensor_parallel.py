@@ -118,7 +118,8 @@ def nccl_log_summary(path: Path) -> dict | None:
                "channels_line": channels.group(0).split("NCCL INFO ")[-1].strip() if channels else None}
     for name, pattern in NCCL_LOG_PATTERNS.items():
         found = re.findall(pattern, text)
-        summary[name] = {"lines": len(found), "bytes": sum(int(size) for size in found if size)}
+        sizes = re.compile(pattern).groups  # patterns without a group count lines only
+        summary[name] = {"lines": len(found), "bytes": sum(int(size) for size in found) if sizes else None}
     return summary
 
 
