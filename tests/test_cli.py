@@ -29,7 +29,7 @@ def test_plan_json_is_the_library_plan():
     assert REQUIRED_KEYS | GPU_KEYS <= set(printed), set(printed)
     assert printed == plan("llama-3.1-70b", "fp8", gpu="h100").to_dict()
     assert isinstance(printed["params"], int) and printed["params"] == 70_553_706_496
-    assert printed["fits"] is True and printed["gpu"] == "H100 SXM" and printed["max_context"] == 5179  # 2026-11-26: + cuBLAS workspace, FP8 kernels
+    assert printed["fits"] is True and printed["gpu"] == "H100 SXM" and printed["max_context"] == 4974  # 2026-11-26: + cuBLAS workspace, measured slack
 
 
 @pytest.mark.slow

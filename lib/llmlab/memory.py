@@ -102,17 +102,16 @@ class Runtime:
     # Measured on the lent H100, torch 2.11 / CUDA 13, 2026-11-25 (gpu-memory-anatomy: 619 MiB before any model,
     # 695 MiB after the bf16 prefills); 701 and 721 MiB on the two H200 ranks once NCCL's share is taken out
     # (gpu-tensor-parallel-h200, 2026-11-26)
-    fp8_kernels_bytes: int = 90 * MiB  # per GPU, outside PyTorch's allocator, when the weights multiply in FP8:
-    # cuBLASLt's FP8 GEMM kernels, loaded by the first FP8 matmul. Measured 603 -> 693 MiB on the lent H100,
-    # torch 2.11 / CUDA 13, 2026-11-25
+    fp8_kernels_bytes: int = 0  # per GPU, outside PyTorch's allocator, added by FP8 GEMMs (cuBLASLt's kernels):
+    # none measured — 8B FP8 prefills saw 695 MiB outside PyTorch as bf16 did (lent H100, torch 2.11, 2026-11-26)
     workspace_bytes: int = 32 * MiB  # per GPU, inside PyTorch's allocator: cuBLAS's workspace, which torch sizes
     # by CUBLAS_WORKSPACE_CONFIG (default ":4096:8" = 32 MiB on compute capability 9.x, ":4096:2:16:8" = 8 MiB
     # before). Measured 32.0-34.0 MiB allocated beyond the weights before each prefill (H100, TP=1) and on each H200
     # rank (TP=2), 2026-11
-    allocator_fraction: float = 0.05  # reserved minus allocated at a forward pass's peak, per byte of activations,
-    # when the KV cache is allocated before any forward pass (vLLM's pool): rounding and a few holes (not measured
-    # yet; gpu_memory_anatomy.py's prefills without a cache will). A cache that grows during the prefill (transformers)
-    # leaves ~10x more: GROWING_CACHE_SLACK
+    allocator_fraction: float = 0.23  # reserved minus allocated at a forward pass's peak, per byte of activations,
+    # when no KV cache grows during the pass (vLLM allocates its pool first): 0.26, 0.22, 0.22 on three llama-3.1-8b
+    # bf16 prefills without a cache (lent H100, gpu-memory-anatomy no_cache_points, 2026-11-26). A cache that grows
+    # during the prefill (transformers) leaves about twice as much: GROWING_CACHE_SLACK
     nccl_bytes: int = 840 * MiB  # per GPU when tp > 1, outside PyTorch's allocator: what NCCL's communicator adds on
     # its first collective. Per channel and peer it keeps one FIFO per protocol (Simple: NCCL_BUFFSIZE, 4 MiB; LL128:
     # 4.7 MiB; LL: 0.5 MiB), allocated through cuMem in 2 MiB granules (about 12 MiB per channel and peer), plus
@@ -523,9 +522,12 @@ def _per_gpu(setup: _Setup, context: int, batch: int) -> dict[str, int]:
     # a chunk smaller than the batch's prompts covers one sequence's slice: tokens x 1; else the whole batch
     rows, length = (batch, context) if tokens == batch * context else (1, tokens)
     w8a8 = FORMATS[setup.weights.precision].matmul in W8A8
+    plain = activation_bytes(spec, rows, length, setup.activation_dtype, tp)  # 16-bit activations alone
     activation = activation_bytes(spec, rows, length, setup.activation_dtype, tp,
-                                  quantization_bytes=setup.runtime.activation_quantization_bytes if w8a8 else 0)
-    overhead = overhead_bytes(activation, tp, setup.runtime, setup.weights.precision)
+                                  quantization_bytes=setup.runtime.activation_quantization_bytes) if w8a8 else plain
+    # the allocator's slack follows the 16-bit activations: 8B FP8 prefills (H100, 2026-11-26) left 1.4 GiB reserved
+    # and free beside 7.7 GiB of activations where bf16 left 1.9 GiB beside 3.9 GiB (the staging buffers reuse holes)
+    overhead = overhead_bytes(plain, tp, setup.runtime, setup.weights.precision)
     return {"weights": weights, "kv": kv, "activation": activation, "overhead": overhead,
             "total": weights + kv + activation + overhead}
 
