@@ -2,7 +2,8 @@
 
 Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_decode.py [--out DIR] [--kernels bf16,fp8,int8,int4]`.
 The model is built from its config with random weights on the GPU (values change neither memory nor speed); its
-decoder linears are then swapped for `llmlab.quant.kernels` modules (fp8 / int8 W8A8, int4 W4A16 group 128). For
+decoder linears are then swapped for `llmlab.quant.kernels` modules (fp8 / int8 W8A8, int4 W4A16 group 128 through
+torch's kernel, w4a16 through our Triton kernel). For
 each format it measures:
   - the bytes the weights take on the GPU (allocator), against the planner's `weight_bytes`;
   - greedy decode tokens/s at batch 1 (and 16) after a 128-token prompt, two ways: eager `generate` (Python and
@@ -29,7 +30,7 @@ from llmlab.results import save_result
 from llmlab.zoo import random_model
 
 MODEL = "llama-3.1-8b"
-PRECISION = {"bf16": "bf16", "fp8": "fp8", "int8": "int8", "int4": "int4"}  # kernel -> planner precision
+PRECISION = {"bf16": "bf16", "fp8": "fp8", "int8": "int8", "int4": "int4", "w4a16": "int4"}  # kernel -> planner
 
 
 def copy_bandwidth() -> float:

@@ -77,6 +77,7 @@ def correctness() -> dict:
                       "int8": W8A8Linear.from_linear(linear, "per-token", "int8")(X.float()),
                       "fp8": W8A8Linear.from_linear(linear, "per-token", "fp8")(X.float()),
                       "int4": X.float() @ rtn(linear.weight, 4, 128).t()}
+        references["w4a16"] = references["int4"]  # the same RTN grid, through our Triton kernel
         for kernel in KERNELS:
             if kernel_available(kernel, "cuda")[0]:
                 Y = real_linear(copy.deepcopy(linear), kernel)(X)  # real_linear converts in place: work on a copy

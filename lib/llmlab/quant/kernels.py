@@ -9,11 +9,13 @@ their low-precision format and multiplied by the kernels serving engines use:
     fp8     e4m3, scale per out row    e4m3, scale per token   torch._scaled_mm (row-wise scales)  sm_89+ (Ada, Hopper)
     int8    int8, scale per out row    int8, scale per token   torch._int_mm (int32 accumulate)    sm_75+ (Turing on)
     int4    int4, scale per group      bf16 (W4A16)            torch._weight_int4pack_mm           sm_80+ (Ampere on)
+    w4a16   int4, scale per group      bf16/fp16 (W4A16)       our Triton kernel (triton_w4a16)    sm_80+ (Ampere on)
 
 W8A8 (fp8, int8): Y = s_X s_Wᵀ ⊙ (Q_X Q_Wᵀ) — the scales sit outside the inner sum, so they are applied to the int32
 (or fp32) accumulator after the GEMM (SmoothQuant, arXiv 2211.10438, §3). W4A16: the kernel unpacks 4-bit codes to
 bf16 inside the GEMM, Ŵ = (q − 8) · s + z per group (torch's "tinygemm" convention, checked in tests); our symmetric
 grids have z = 0. Decode (a few tokens at a time) is memory-bound, so fewer bytes per weight is what makes it fast.
+w4a16 runs the same math from the compressed-tensors layout our exports write (`llmlab.quant.triton_w4a16`), as is.
 
 Every kernel also runs on CPU (torch ships CPU versions), which checks the numbers anywhere; only GPU timings say
 anything about speed. `benchmark_gemm` times one kernel at one shape (CUDA events, median, rotating weight copies so
@@ -22,15 +24,17 @@ the weights are read from HBM, not from the 50 MB L2 cache).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 
 import torch
 
 from llmlab.quant.formats import check_group_size, quantize, quantize_fp8
+from llmlab.quant.packing import NIBBLES_PER_WORD, pack_int4
 
-KERNELS = ("bf16", "fp8", "int8", "int4")
-MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "int8": (7, 5), "int4": (8, 0)}  # native, per kernel
+KERNELS = ("bf16", "fp8", "int8", "int4", "w4a16")
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9), "int8": (7, 5), "int4": (8, 0), "w4a16": (8, 0)}  # native
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows: decode rows are padded up to this many
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # group sizes torch's int4 kernel accepts
 INT4_INNER_K_TILES = (8, 4, 2)  # packing parameter of torch's int4 layout: the largest with in_features % (16·t) == 0
@@ -45,6 +49,9 @@ def kernel_available(kernel: str, device) -> tuple[bool, str]:
     """Whether `kernel` runs natively on `device`, and a sentence saying why (or what would run where)."""
     _check_kernel(kernel)
     device = torch.device(device)
+    if kernel == "w4a16" and importlib.util.find_spec("triton") is None:
+        return False, ("w4a16 is a Triton kernel and triton is not installed: pip install triton (Linux; it comes "
+                       "with CUDA builds of torch)")
     if device.type != "cuda":
         return True, (f"{kernel} runs on CPU through torch's reference kernel: numbers are exact, timings say nothing "
                       "about a GPU")
@@ -189,6 +196,74 @@ class Int4Linear(_RealLinear):
         return out_features * n_groups * self.group_size // 2 + n_groups * out_features * 2  # codes + bf16 scales
 
 
+class W4A16Linear(_RealLinear):
+    """W4A16 through our Triton kernel: the compressed-tensors "pack-quantized" tensors our exports write, used as they
+    are (int32 words [out, in / 8], one scale per group), dequantized in registers inside the GEMM
+    (`llmlab.quant.triton_w4a16`). On CPU, the PyTorch reference computes the same numbers (or, with
+    TRITON_INTERPRET=1, Triton's interpreter runs the kernel itself)."""
+
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype):
+        import llmlab.quant.triton_w4a16  # noqa: F401 (registers torch.ops.llmlab.w4a16_matmul)
+
+        super().__init__()
+        self.register_buffer("packed", packed.contiguous())  # [out, in / 8] int32: weight_packed
+        self.register_buffer("scales", scales)  # [out, in / group] in the activations' 16-bit dtype: weight_scale
+        self.register_buffer("zeros", zeros)  # [out, in / group] int8 signed zero points, or None (symmetric grid)
+        self.group_size = group_size  # input columns per scale
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.out_dtype = out_dtype  # dtype of the output (the model's activations dtype)
+
+    @staticmethod
+    def _activation_dtype(dtype: torch.dtype) -> torch.dtype:
+        return dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # the kernel takes 16-bit x
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int = 128) -> "W4A16Linear":
+        """Quantize `linear` to symmetric int4 with `group_size` (round to nearest, the grid of `llmlab.quant.rtn`)
+        and pack it in the compressed-tensors layout."""
+        W = linear.weight.float()  # [out, in]
+        check_group_size(W.shape[1], group_size, 4, where=f" (a Linear with in_features={W.shape[1]})")
+        Q, s, _ = quantize(W, 4, group_size, symmetric=True)  # Q [out, in] in [-8, 7], s [out, in / group]
+        dtype = linear.weight.dtype
+        return cls(pack_int4(Q), s.to(cls._activation_dtype(dtype)), None, group_size, linear.bias, dtype)
+
+    @classmethod
+    def from_exported(cls, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
+                      dtype: torch.dtype = torch.bfloat16) -> "W4A16Linear":
+        """From one Linear's tensors in a compressed-tensors checkpoint (`export_compressed_tensors`, or
+        llm-compressor's): weight_packed, weight_scale, and weight_zero_point when asymmetric, weight_shape if there.
+        `dtype`: the activations' and output's dtype (the scales are stored in it)."""
+        from llmlab.quant.triton_w4a16 import unpack_zero_points
+
+        packed, scales = tensors["weight_packed"], tensors["weight_scale"]  # [out, in / 8], [out, n_groups]
+        out_features, in_features = packed.shape[0], packed.shape[1] * NIBBLES_PER_WORD
+        if "weight_shape" in tensors and tuple(tensors["weight_shape"].tolist()) != (out_features, in_features):
+            raise ValueError(f"weight_shape {tensors['weight_shape'].tolist()} is not the packed [{out_features}, "
+                             f"{in_features}]: in_features must be a multiple of 8 for the w4a16 kernel")
+        zeros = tensors.get("weight_zero_point")
+        zeros = None if zeros is None else unpack_zero_points(zeros, out_features)
+        return cls(packed, scales.to(cls._activation_dtype(dtype)), zeros, in_features // scales.shape[1], bias,
+                   dtype)
+
+    def prepare(self, X: torch.Tensor) -> tuple[torch.Tensor]:
+        return (X.to(self.scales.dtype),)  # W4A16: activations stay 16-bit
+
+    def kernel(self, X: torch.Tensor) -> torch.Tensor:
+        """The W4A16 GEMM: codes unpacked and scaled inside the Triton kernel (an opaque op for torch.compile)."""
+        if X.is_cuda:
+            return torch.ops.llmlab.w4a16_matmul(X, self.packed, self.scales, self.zeros, self.group_size)
+        from llmlab.quant import triton_w4a16
+
+        run = triton_w4a16.w4a16_matmul if triton_w4a16.interpreting() else triton_w4a16.dequantize_then_matmul
+        return run(X, self.packed, self.scales, self.zeros, self.group_size)
+
+    def weight_bytes(self) -> int:
+        zero_bytes = 0 if self.zeros is None else self.zeros.numel() // 2  # packed 8 per int32 in a checkpoint
+        return self.packed.numel() * 4 + self.scales.numel() * 2 + zero_bytes
+
+
 def real_linear(linear: torch.nn.Linear, kernel: str, group_size: int = 128) -> torch.nn.Module:
     """`linear` converted to the module that runs `kernel` (bf16: the same Linear in bf16)."""
     _check_kernel(kernel)
@@ -198,6 +273,8 @@ def real_linear(linear: torch.nn.Linear, kernel: str, group_size: int = 128) -> 
         return Int8Linear.from_linear(linear)
     if kernel == "fp8":
         return FP8Linear.from_linear(linear)
+    if kernel == "w4a16":
+        return W4A16Linear.from_linear(linear, group_size)
     return Int4Linear.from_linear(linear, group_size)
 
 
@@ -211,7 +288,7 @@ def convert_model(model, kernel: str, group_size: int = 128, names=None) -> list
     from llmlab.quant.mappings import quantizable_linears
 
     linears = quantizable_linears(model) if names is None else {n: model.get_submodule(n) for n in names}
-    if kernel == "int4":
+    if kernel in ("int4", "w4a16"):
         for name, linear in linears.items():
             check_group_size(linear.in_features, group_size, 4, where=f" (the in_features of {name})")
     for name, linear in linears.items():
@@ -239,7 +316,7 @@ class GemmTiming:
 
 def _weight_bytes(kernel: str, N: int, K: int, group_size: int) -> int:
     return {"bf16": 2 * N * K, "fp8": N * K + 2 * N, "int8": N * K + 2 * N,
-            "int4": N * K // 2 + 2 * N * (K // group_size)}[kernel]
+            "int4": N * K // 2 + 2 * N * (K // group_size), "w4a16": N * K // 2 + 2 * N * (K // group_size)}[kernel]
 
 
 def _timer(device: torch.device):
