@@ -112,6 +112,10 @@ def main(argv=None) -> int:
         return 2
     bandwidth = copy_bandwidth()
     measurements = {"model": MODEL, "copy_bandwidth_bytes_per_s": bandwidth, "rows": [], "skipped": {}}
+    name = torch.cuda.get_device_name(0)
+    slug = "h100" if "H100" in name else "h200" if "H200" in name else "gpu"
+    command = " ".join(["python", "benchmarks/gpu_decode.py", *(argv or sys.argv[1:])])
+    path = None
     for kernel in args.kernels.split(","):
         ok, reason = kernel_available(kernel, "cuda")
         if not ok:
@@ -119,10 +123,8 @@ def main(argv=None) -> int:
             continue
         measurements["rows"].append(measure(kernel, bandwidth, [int(b) for b in args.batches.split(",")],
                                             args.new_tokens, not args.no_static))
-    name = torch.cuda.get_device_name(0)
-    slug = "h100" if "H100" in name else "h200" if "H200" in name else "gpu"
-    path = save_result(f"gpu-decode-{slug}", measurements, folder=args.out,
-                       command=" ".join(["python", "benchmarks/gpu_decode.py", *(argv or sys.argv[1:])]))
+        # stored after each kernel: a run cut short by a time limit keeps what it measured
+        path = save_result(f"gpu-decode-{slug}", measurements, folder=args.out, command=command)
     base = {p["batch"]: p for p in measurements["rows"][0]["decode"]} if measurements["rows"] else {}
     for row in measurements["rows"]:
         for p in row["decode"]:
