@@ -3,10 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from llmlab.quant.matrix import DEFAULT_METHODS, EXAMPLES, comparisons, parse_method, run_matrix, MatrixRow
+from llmlab.quant.matrix import (DEFAULT_METHODS, EXAMPLES, MatrixRow, comparisons, load_private_copy,
+                                 parse_method, run_matrix)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,6 +71,34 @@ def test_small_matrix_ours_against_llmcompressor_fp8():
     assert rows["rtn-w4g64"]["weight_bytes"] < 0.45 * rows["fp16"]["weight_bytes"], rows["rtn-w4g64"]["weight_bytes"]
     ratio = result["comparisons"]["fp8 dynamic"]["perplexity_ratio"]
     assert abs(ratio - 1) < 0.005, ratio
+
+
+def _mapped_ranges(path: str) -> list[tuple[int, int]]:
+    """Address ranges where this process maps `path` (Linux: /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in maps if line.rstrip().endswith(path)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps (Linux only)")
+def test_each_method_gets_a_copy_that_owns_its_memory():
+    import torch
+
+    from llmlab.zoo import load_model, resolve
+
+    checkpoint = str(Path(resolve("smollm2-135m")[0]) / "model.safetensors")
+    reference, _, _ = load_model()
+    model = load_private_copy("smollm2-135m", torch.device("cpu"))
+
+    def views_into_the_file(m) -> int:
+        ranges = _mapped_ranges(checkpoint)
+        return sum(any(a <= p.data_ptr() < b for a, b in ranges) for p in m.parameters())
+
+    assert views_into_the_file(reference) == 272, views_into_the_file(reference)  # observed: all 272 (one mmap)
+    assert views_into_the_file(model) == 0, views_into_the_file(model)  # observed 0: each tensor read on its own
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie survives
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_comparisons_pair_ours_with_llmcompressor_at_the_same_settings():

@@ -16,7 +16,9 @@ with `lm_head` kept in 16-bit, as in our methods:
 Pitfalls met (DESIGN.md): `oneshot` reads the tokenizer from the model's folder, so the model must come from a saved
 folder (the embedded model's cache is one); AWQ pins cached activations, which fails without an accelerator, so
 pinning is a no-op on CPU-only machines; llm-compressor logs to stdout through loguru, so its output is routed to
-stderr while it runs (a `--json` stdout stays clean).
+stderr while it runs (a `--json` stdout stays clean); its sequential pipeline registers each recompiled forward's
+namespace, which holds the model, with `torch.fx.wrap` in a registry torch never empties, so `_oneshot` drops those
+entries after each run (else every calibrated run keeps its model alive: 0.5 GB each on the embedded model).
 """
 
 from __future__ import annotations
@@ -75,6 +77,29 @@ def no_pinned_memory():
         torch.Tensor.pin_memory = original
 
 
+@contextlib.contextmanager
+def forget_fx_wraps():
+    """Drop the `torch.fx.wrap` registrations the block made from code that is no imported module. llm-compressor's
+    sequential pipeline (GPTQ, AWQ, SmoothQuant) recompiles each forward in a namespace holding `self` (the model),
+    and its traced subgraphs' code wraps functions of that namespace; torch.fx keeps every registering namespace in
+    its module-level `_wrapped_fns_to_patch`, never emptied: without this, every run keeps its model alive.
+    Registrations made by modules imported in the block (their globals are the module's `__dict__`) stay."""
+    from torch.fx import _symbolic_trace
+
+    registry = getattr(_symbolic_trace, "_wrapped_fns_to_patch", None)  # {(id(globals), function name): globals}
+    if registry is None:  # a torch that renamed its private table: nothing to drop here
+        yield
+        return
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for key in set(registry) - before:
+            module = sys.modules.get(registry[key].get("__name__", ""))
+            if module is None or vars(module) is not registry[key]:
+                del registry[key]
+
+
 def available() -> tuple[bool, str]:
     """Whether llm-compressor can be imported here, and what to do if not."""
     try:
@@ -94,7 +119,7 @@ def _oneshot(model, calibration_ids: torch.Tensor, recipe) -> None:
 
     rows = {"input_ids": calibration_ids.tolist(), "attention_mask": torch.ones_like(calibration_ids).tolist()}
     on_accelerator = next(model.parameters()).is_cuda
-    with stdout_to_stderr(), quiet_progress_bars(), \
+    with stdout_to_stderr(), quiet_progress_bars(), forget_fx_wraps(), \
             (contextlib.nullcontext() if on_accelerator else no_pinned_memory()):
         try:
             oneshot(model=model, dataset=datasets.Dataset.from_dict(rows), recipe=recipe,

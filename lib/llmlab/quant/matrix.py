@@ -155,7 +155,8 @@ def quantize(model, method: Method, calibration_ids: torch.Tensor, progress: boo
 
 
 def check_method_runs(method: Method, model, calibration_ids: torch.Tensor | None, device: torch.device) -> str:
-    """'' when `method` can run here on `model`; otherwise why not (skipped row). Impossible settings raise."""
+    """'' when `method` can run here on `model`; otherwise why not (skipped row). Impossible settings raise.
+    bitsandbytes' rows load their own model: for them `model` may be None."""
     from llmlab.quant.driver import check_model_group_size, min_calibration_tokens
 
     if method.family in ("rtn", "gptq", "awq", "llmc-gptq", "llmc-awq"):
@@ -202,21 +203,47 @@ def _decode_speed(model, method: Method, prompt_ids: torch.Tensor, new_tokens: i
     return measure_latency(fast, prompt_ids, new_tokens).decode_tokens_per_s, method.kernel
 
 
+@torch.no_grad()
+def load_private_copy(model_source: str, device: torch.device):
+    """A fresh model from `model_source` on `device` whose every tensor owns its memory.
+
+    transformers maps a safetensors file into memory and makes each tensor a view into that one mapping: the load is
+    instant, but the mapping, and every page of it read so far, stays resident while any tensor (the embedding)
+    still points into it. A method that swaps its linears for new modules (W8A8, SmoothQuant, FP8) would keep the old
+    weights' pages beside the new ones (0.4 GB on the embedded model); tensors read one by one (pread) are freed with
+    their module. On a GPU, or for weights not in a local folder, this is `load_model`'s model as it comes."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from llmlab.zoo import load_model, resolve
+
+    model, _, _ = load_model(model_source, device=device)
+    folder = Path(resolve(model_source)[0])
+    if device.type != "cpu" or not folder.is_dir():
+        return model
+    parameters = dict(model.named_parameters())  # a tied weight once, under its first name (the embedding)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, framework="pt", backend="pread") as checkpoint:
+            for name in checkpoint.keys():
+                if name in parameters:  # a checkpoint name transformers renames keeps its mapped view
+                    parameters[name].data = checkpoint.get_tensor(name).to(parameters[name].dtype)
+    return model
+
+
 def run_method(method: str | Method, calibration_ids: torch.Tensor, evaluation_ids: torch.Tensor,
                model_source: str = "smollm2-135m", device="cpu", seq_len: int = 512, speed: bool = False,
                new_tokens: int = 32, progress: bool = False) -> MatrixRow:
     """Quantize a fresh copy of `model_source` with `method` on `device`, then measure it (see the module docstring)."""
     from llmlab.evaluate import perplexity
     from llmlab.quant.mappings import quantizable_linears
-    from llmlab.zoo import load_model
 
     method = parse_method(method) if isinstance(method, str) else method
     device = torch.device(device)
     if method.family == "bnb":
         from llmlab.quant.bnb import load_bnb
 
-        reference, _, _ = load_model(model_source)
-        reason = check_method_runs(method, reference, calibration_ids, device)
+        reason = check_method_runs(method, None, calibration_ids, device)  # bitsandbytes' checks need no model
         if reason:
             return MatrixRow(method.name, "skipped", device=str(device), reason=reason)
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -226,7 +253,7 @@ def run_method(method: str | Method, calibration_ids: torch.Tensor, evaluation_i
                         reason="weights quantized at load time (no calibration)")
         row.weight_bytes = _bnb_bytes(model)
     else:
-        model, _, _ = load_model(model_source, device=device)
+        model = load_private_copy(model_source, device)
         reason = check_method_runs(method, model, calibration_ids, device)
         if reason:
             return MatrixRow(method.name, "skipped", device=str(device), reason=reason)
@@ -286,6 +313,17 @@ def comparisons(rows: list[MatrixRow]) -> dict[str, dict]:
     return result
 
 
+def _trim_heap() -> None:
+    """Hand glibc's free heap pages back to the OS (malloc_trim): blocks under the mmap threshold that a method freed
+    (its smaller tensors, Python objects) would otherwise stay resident under the next method. No-op off glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_matrix(methods=DEFAULT_METHODS, calib_samples: int = 32, seq_len: int = 512, eval_tokens: int = 16384,
                model_source: str = "smollm2-135m", device="cpu", speed: bool = False,
                on_row=None) -> dict:
@@ -313,7 +351,8 @@ def run_matrix(methods=DEFAULT_METHODS, calib_samples: int = 32, seq_len: int = 
     rows = []
     for method in parsed:
         rows.append(run_method(method, calibration_ids, eval_ids, model_source, device, seq_len, speed))
-        gc.collect()  # each method's model copy goes before the next one loads (Binder has about 2 GB)
+        gc.collect()  # each method's model goes before the next one loads (Binder has about 2 GB); llm-compressor
+        _trim_heap()  # leaves its models in reference cycles, which only the collector frees
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if on_row:

@@ -114,10 +114,11 @@ def quantize_model_w8a8(model, activations: str = "per-token", fmt: str = "int8"
     """
     _check(activations, fmt)
     start = time.perf_counter()
-    linears = quantizable_linears(model)
-    for name, linear in linears.items():
+    names = list(quantizable_linears(model))
+    for name in names:  # one linear at a time: the float weights go as soon as their replacement exists
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, W8A8Linear.from_linear(linear, activations, fmt))
-    return QuantizationReport(method or method_name_w8a8(activations, fmt), 8, None, list(linears),
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, W8A8Linear.from_linear(getattr(parent, child), activations, fmt))
+    return QuantizationReport(method or method_name_w8a8(activations, fmt), 8, None, names,
                               time.perf_counter() - start)
 
