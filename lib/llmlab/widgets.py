@@ -56,13 +56,45 @@ def plan_markdown(result: Plan) -> str:
     return "\n".join(lines)
 
 
-class PlannerWidget(widgets.VBox):
+class _ExplorerWidget(widgets.VBox):
+    """Controls in rows above one Markdown output: every change calls `compute()` (a library function) and shows
+    `render(result)`, or the library's refusal. `.result` is the last result (None after a refusal).
+    `per_row`: how many controls each row holds (default: all in one)."""
+
+    def __init__(self, controls: dict, per_row: int | None = None):
+        self.controls = controls
+        self.output = widgets.Output()
+        self.result = None
+        for control in self.controls.values():
+            control.observe(lambda change: self.refresh(), names="value")
+        boxes = list(self.controls.values())
+        step = per_row or len(boxes)
+        super().__init__([widgets.HBox(boxes[i:i + step]) for i in range(0, len(boxes), step)] + [self.output])
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Call the library with the controls' values and show what it returns (or its refusal)."""
+        try:
+            self.result = self.compute()
+            text = self.render(self.result)
+        except (ValueError, LookupError) as refusal:
+            self.result, text = None, f"**refused:** {refusal}"
+        self.output.outputs = ()
+        self.output.append_display_data(Markdown(text))
+
+    @property
+    def text(self) -> str:
+        """The Markdown on display now."""
+        return self.output.outputs[-1]["data"]["text/markdown"]
+
+
+class PlannerWidget(_ExplorerWidget):
     """Controls for `llmlab.memory.plan` above the rendered plan; `.result` is the last Plan (None after a refusal)."""
 
     def __init__(self, model: str = "llama-3.1-8b", precision: str = "fp16", kv_dtype: str = "fp16",
                  context: int = 4096, batch: int = 1, gpu: str | None = "H100 SXM", tp: int = 1,
                  gpu_memory_utilization: float = 0.9, group_size: int = 128):
-        self.controls = {
+        super().__init__({
             "model": widgets.Dropdown(options=catalog_names(), value=model, description="model"),
             "precision": widgets.Dropdown(options=list(FORMATS), value=precision, description="weights"),
             "kv_dtype": widgets.Dropdown(options=list(KV_DTYPES), value=kv_dtype, description="KV cache"),
@@ -74,35 +106,18 @@ class PlannerWidget(widgets.VBox):
                                                           description="utilization"),
             "group_size": widgets.Dropdown(options=_with(GROUP_SIZES, group_size), value=group_size,
                                            description="int4 group"),
-        }
-        self.output = widgets.Output()
-        self.result: Plan | None = None
-        for control in self.controls.values():
-            control.observe(lambda change: self.refresh(), names="value")
-        super().__init__([widgets.HBox(list(self.controls.values())[:3]),
-                          widgets.HBox(list(self.controls.values())[3:6]),
-                          widgets.HBox(list(self.controls.values())[6:]), self.output])
-        self.refresh()
+        }, per_row=3)
 
     def arguments(self) -> dict:
         """The controls' values as `plan`'s keyword arguments."""
         values = {name: control.value for name, control in self.controls.items()}
         return {**values, "gpu": None if values["gpu"] == NO_GPU else values["gpu"]}
 
-    def refresh(self) -> None:
-        """Call `plan` with the controls' values and show what it returns (or its refusal)."""
-        try:
-            self.result = plan(**self.arguments())
-            text = plan_markdown(self.result)
-        except (ValueError, LookupError) as refusal:
-            self.result, text = None, f"**refused:** {refusal}"
-        self.output.outputs = ()
-        self.output.append_display_data(Markdown(text))
+    def compute(self) -> Plan:
+        return plan(**self.arguments())
 
-    @property
-    def text(self) -> str:
-        """The Markdown on display now."""
-        return self.output.outputs[-1]["data"]["text/markdown"]
+    def render(self, result: Plan) -> str:
+        return plan_markdown(result)
 
 
 def planner_widget(**defaults) -> PlannerWidget:
@@ -132,34 +147,6 @@ def layer_comparison_markdown(result) -> str:
     return "\n".join([f"**int{result.bits}, {group}**", "", markdown_table(rows), "",
                       f"GPTQ's output error is **{ratio:.2f}×** RTN's; its weight MSE is "
                       f"{result.gptq_weight_mse / result.rtn_weight_mse:.2f}× RTN's."])
-
-
-class _ExplorerWidget(widgets.VBox):
-    """Controls in a row above one Markdown output: every change calls `compute()` (a library function) and shows
-    `render(result)`, or the library's refusal. `.result` is the last result (None after a refusal)."""
-
-    def __init__(self, controls: dict):
-        self.controls = controls
-        self.output = widgets.Output()
-        self.result = None
-        for control in self.controls.values():
-            control.observe(lambda change: self.refresh(), names="value")
-        super().__init__([widgets.HBox(list(self.controls.values())), self.output])
-        self.refresh()
-
-    def refresh(self) -> None:
-        try:
-            self.result = self.compute()
-            text = self.render(self.result)
-        except ValueError as refusal:
-            self.result, text = None, f"**refused:** {refusal}"
-        self.output.outputs = ()
-        self.output.append_display_data(Markdown(text))
-
-    @property
-    def text(self) -> str:
-        """The Markdown on display now."""
-        return self.output.outputs[-1]["data"]["text/markdown"]
 
 
 class GPTQLayerWidget(_ExplorerWidget):
