@@ -116,7 +116,7 @@ def test_every_autotune_config_and_split_k_give_the_same_numbers():
 
 def test_the_autotuner_times_split_k_with_its_second_pass(monkeypatch):
     """The GPU path (autotuner, pruning, post-hook, the winner's reduction) with the interpreter and a fake clock that
-    makes the last config benchmarked the fastest: GEMV_CONFIGS[-1] (K split in 8), DECODE_CONFIGS[-1] (in 4)."""
+    makes the last config benchmarked the fastest: the last of GEMV_CONFIGS and DECODE_CONFIGS, fitted to K."""
     packed, scales, _ = random_layer(56, 256, 128)  # a shape no other test tunes: fresh autotuner keys
     monkeypatch.setattr(w4a16, "interpreting", lambda: False)  # take the autotuned path
     reductions = []
@@ -130,9 +130,11 @@ def test_the_autotuner_times_split_k_with_its_second_pass(monkeypatch):
         x = x_of(M, 256)
         y = w4a16.w4a16_matmul(x, packed, scales, None, 128)
         winner = w4a16.last_config(kernel)
-        assert winner["SPLIT_K"] == configs[-1].kwargs["SPLIT_K"] and winner["BLOCK_N"] == 128, winner
-        splits = [c.kwargs["SPLIT_K"] for c in configs if c.kwargs["SPLIT_K"] > 1]
-        assert reductions == splits + [splits[-1]], reductions  # each split config timed with its pass, then the call
+        timed = w4a16._prune(configs, {"M": M, "GROUP_SIZE": 128, "K": 256})  # fitted: K tiles of ≤ 256 columns
+        assert {k: winner[k] for k in timed[-1].kwargs} == timed[-1].kwargs, (winner, timed[-1])
+        splits = [c.kwargs["SPLIT_K"] for c in timed if c.kwargs["SPLIT_K"] > 1]
+        expected = splits + ([splits[-1]] if timed[-1].kwargs["SPLIT_K"] > 1 else [])
+        assert reductions == expected, (reductions, expected)  # each split config timed with its pass, then the call
         error = relative_error(y, w4a16.dequantize_then_matmul(x, packed, scales, None, 128))
         assert error < 2e-3, (kernel, error)  # observed 6.7e-4 (gemv), 0 (dot): partials summed
 
@@ -147,6 +149,15 @@ def test_zero_points_shift_every_code_of_their_group():
         y = w4a16.w4a16_matmul(x, packed, scales, zeros, 64)
         error = relative_error(y, w4a16.dequantize_then_matmul(x, packed, scales, zeros, 64))
         assert error < 2e-3, (M, error)  # observed 7.1e-4 (M = 1), 0 (M = 6)
+    errors = {}  # K tiles of 1 to 4 groups (each with its own zero point), with and without the hand prefetch
+    for M, kernel, configs in ((1, "gemv", w4a16.GEMV_CONFIGS), (3, "dot", w4a16.DECODE_CONFIGS)):
+        x = x_of(M, 256)
+        reference = w4a16.dequantize_then_matmul(x, packed, scales, zeros, 64)
+        for config in configs:
+            y = w4a16.w4a16_matmul(x, packed, scales, zeros, 64, kernel=kernel, config=config)
+            errors[kernel, str(config)] = relative_error(y, reference)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 2e-3, (worst, errors[worst])
 
 
 def test_unpack_zero_points_reads_compressed_tensors_packing():
@@ -239,10 +250,15 @@ def test_kernel_available_names_triton():
 
 def test_m_buckets_and_configs_fitted_to_the_group():
     assert [w4a16.m_bucket(M) for M in (1, 2, 16, 17, 64, 65, 300, 9000)] == [1, 16, 16, 32, 64, 128, 512, 4096]
-    fitted = w4a16.fit_config(w4a16.DECODE_CONFIGS[0], 32)
-    assert fitted.kwargs["BLOCK_K"] == 32 and w4a16.DECODE_CONFIGS[0].kwargs["BLOCK_K"] == 128, fitted
-    pruned = w4a16._prune(w4a16.DECODE_CONFIGS + w4a16.MID_CONFIGS + w4a16.LARGE_CONFIGS, {"M": 40, "GROUP_SIZE": 64})
-    assert {c.kwargs["BLOCK_M"] for c in pruned} == {32, 64} and max(c.kwargs["BLOCK_K"] for c in pruned) == 64
+    wide = w4a16._config(32, 512, 1, warps=4, stages=1, prefetch=True)  # a K tile of 4 groups of 128
+    fitted = {(g, K): w4a16.fit_config(wide, g, K).kwargs["BLOCK_K"]
+              for g, K in ((128, 8192), (128, 384), (64, 256), (96, 384), (256, 768))}
+    assert fitted == {(128, 8192): 512, (128, 384): 128, (64, 256): 256, (96, 384): 32, (256, 768): 256}, fitted
+    assert wide.kwargs["BLOCK_K"] == 512  # fitting returns a copy
+    pruned = w4a16._prune(w4a16.DECODE_CONFIGS + w4a16.MID_CONFIGS + w4a16.LARGE_CONFIGS,
+                          {"M": 40, "GROUP_SIZE": 64, "K": 4096})
+    assert {c.kwargs["BLOCK_M"] for c in pruned} == {32, 64}, pruned  # M = 40: the mid regime's token tiles
+    assert max(c.kwargs["BLOCK_K"] for c in pruned) == 128, pruned  # K tiles of two whole groups of 64 at most
 
 
 def test_refusals_say_what_to_do():

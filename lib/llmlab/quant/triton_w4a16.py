@@ -22,20 +22,26 @@ Converting a 4-bit code to a float cheaply. At ~6·10¹² weights per second (3 
 about 5 instruction slots per weight, and the int-to-float instruction runs at a fraction of full rate. The trick of
 the FasterTransformer kernels (Kim et al., arXiv 2211.10017) and Marlin (Frantar et al., arXiv 2408.11743): OR the
 code into the mantissa of the float 2²³ (bits 0x4B000000); read as a float, that is exactly 2²³ + u, and a float
-subtraction leaves u − 8 − z = Q − z, exactly. Here the code is not even shifted down: nibble j of a 16-bit half-word,
-masked in place, gives 2²³ + u·16^j, and one multiply-add by 16^−j (a power of two: exact) yields Q − z. Per weight:
-one LOP3 (mask and OR), one FFMA, then the multiply-add with x; `_plane` and `_codes_tile` below. The nibbles are
-joined back in column order with `tl.join` (a minor axis held by one thread: no data moves).
+subtraction leaves u − 8 = Q, exactly. Here the code is not even shifted down: nibble j of a 16-bit half-word, masked
+in place, gives 2²³ + u·16^j, and one multiply-add by 16^−j (a power of two: exact) yields Q. Per weight: one LOP3
+(mask and OR), one FFMA, then the multiply-add with x; `_plane` and `_codes_tile` below. The nibbles are joined back
+in column order with `tl.join` (a minor axis held by one thread: no data moves). Zero points, where a layer has them,
+are taken off per group: Σ (Q − z)·x = Σ Q·x − z·Σ x in the GEMV, Q − z before the scale in the tensor-core kernel.
 
 Two regimes, two kernels (the split-K schedule of Hoque et al., arXiv 2402.00025, in both):
 - `_gemv_kernel`, M = 1 (single-stream decode): CUDA cores. Each program takes BLOCK_N rows of the weight and one of
-  SPLIT_K slices of K; N / BLOCK_N × SPLIT_K programs keep all 132 SMs of an H100 streaming. A K tile never straddles
-  a group, so its scale multiplies the tile's row sums, not each weight. A tensor core would waste 15 of its 16 rows
-  here and the tile would have to be staged through shared memory for it.
+  SPLIT_K slices of K; N / BLOCK_N × SPLIT_K programs keep all 132 SMs of an H100 streaming. What decides its speed is
+  memory-level parallelism, bytes in flight: an H100 needs about bandwidth × latency ≈ 3.3 TB/s × ~0.7 µs ≈ 2 MB in
+  flight, some 16 KB per SM, to stream at full speed. Triton software-pipelines only the loads that feed `tl.dot`, so
+  the GEMV does it by hand: K tiles of 512 columns (four 16-byte loads per thread and row, where tiles of one group of
+  128 gave one and streamed at 1.1–1.6 TB/s), and PREFETCH loads the next tile's words before this one is unpacked.
+  A tile of several groups is seen as PARTS sub-tiles of one group each: its scale multiplies the sub-tile's row
+  sums, not each weight. A tensor core would waste 15 of its 16 rows here.
 - `_dot_kernel`, M ≥ 2: tensor cores (`tl.dot`). With M tokens, CUDA cores need M FMAs per weight: at M = 16 about
   twice the memory time. It is written "swap AB": acc [BLOCK_N, BLOCK_M] = Ŵ_tile [BLOCK_N, BLOCK_K] · X_tileᵀ
   [BLOCK_K, BLOCK_M], so the weight rows fill the tensor core's wide side (64 rows for Hopper's wgmma) and the few
-  tokens its narrow side (16). The same kernel, with BLOCK_M up to 256 and SPLIT_K = 1, is the prefill GEMM.
+  tokens its narrow side (16). Triton pipelines its loads through shared memory (num_stages). The same kernel, with
+  BLOCK_M up to 256 and SPLIT_K = 1, is the prefill GEMM.
 `GEMV_MAX_M` is the crossing point; `benchmarks/gpu_w4a16.py` times both kernels at small M to check it.
 
 Split-K reduction: each slice writes fp32 partial sums to a [SPLIT_K, M, N] buffer and a second small kernel adds them
@@ -44,11 +50,13 @@ atomics of Hoque et al. because it needs no zero-filled buffer (atomics need a m
 in all) and gives the same bits at every run. Its cost, one more launch reading M·N·SPLIT_K·4 bytes, is part of what
 the autotuner times (it runs as the autotuner's post-hook), so split-K is chosen only where it pays for it.
 
-Autotuning: `triton.autotune` over a short list of configs per regime (tile sizes, SPLIT_K, num_warps, num_stages),
-keyed on (M bucket, N, K, group size, zero points, dtypes); the first call at a new key benchmarks the list (cold L2:
-`triton.testing.do_bench` clears it before each run), later calls reuse the winner; `last_config(kernel)` says which
-ran. BLOCK_K is cut to divide g, so g must divide K and be a multiple of 16 (the smallest K of a tensor-core step).
-`torch.ops.llmlab.w4a16_matmul` is the same call as an opaque custom op: what torch.compile and CUDA graphs see.
+Autotuning: `triton.autotune` over a short list of configs per regime (tile sizes, SPLIT_K, num_warps, num_stages,
+PREFETCH), keyed on (M bucket, N, K, group size, zero points, dtypes); the first call at a new key benchmarks the list
+(`triton.testing.do_bench`), later calls reuse the winner; `last_config(kernel)` says which ran. The lists are the
+winners of sweeps at Llama-3.1-70B shapes timed back to back (see GEMV_CONFIGS). `fit_config` fits BLOCK_K to the
+layer: a K tile lies inside one group or holds whole groups, and divides K; g must divide K and be a multiple of 16
+(the smallest K of a tensor-core step). `torch.ops.llmlab.w4a16_matmul` is the same call as an opaque custom op: what
+torch.compile and CUDA graphs see.
 
 On CPU, `TRITON_INTERPRET=1` (set before triton is imported) runs both kernels with NumPy: slow, and it rounds fp32 to
 bf16 by truncation, but it checks the indexing. `dequantize_then_matmul` is the plain PyTorch reference.
@@ -145,85 +153,113 @@ def unpack_zero_points(packed_zero_points: torch.Tensor, out_features: int) -> t
 
 
 @triton.jit
-def _plane(half, j: tl.constexpr, offset, magic):
-    """Nibble j (0 to 3) of every 16-bit half-word, as a float: half int32 [R, W] -> Q − z fp32 [R, W].
+def _plane(half, j: tl.constexpr, magic):
+    """Nibble j (0 to 3) of every 16-bit half-word, as a float: half int32 [R, W] -> Q fp32 [R, W].
     The code u is not shifted down: (half & 0xF·16^j) | bits(2²³) is the float 2²³ + u·16^j, exactly (u lands in
-    the mantissa); times 16^−j (a power of two: exact) it is 2^(23−4j) + u; minus 2^(23−4j) + `offset` (offset =
-    8 + z) it is u − 8 − z = Q − z. One bit operation and one multiply-add per weight, all exact."""
+    the mantissa); times 16^−j (a power of two: exact) it is 2^(23−4j) + u; minus 2^(23−4j) + 8 it is u − 8 = Q.
+    One bit operation and one multiply-add per weight, all exact."""
     bits = (half & (0xF << (4 * j))) | magic  # [R, W]
-    return bits.to(tl.float32, bitcast=True) * (1.0 / (1 << (4 * j))) - (_FLOAT_2_POW_23 / (1 << (4 * j)) + offset)
+    scale = 1.0 / (1 << (4 * j))  # 16^−j
+    return bits.to(tl.float32, bitcast=True) * scale - (_FLOAT_2_POW_23 * scale + _INT4_OFFSET)
 
 
 @triton.jit
-def _codes_tile(words, offset, magic):
-    """Unpack a tile in registers: words int32 [R, W] -> Q − z fp32 [R, 8·W], column 8w + i = nibble i of word w.
+def _codes_tile(words, magic):
+    """Unpack a tile in registers: words int32 [R, W] -> Q fp32 [R, 8·W], column 8w + i = nibble i of word w.
     The low half-word holds nibbles 0–3, the high half (one shift per word) nibbles 4–7. tl.join adds a minor axis of
     2 held by the same thread (no data moves); joining nibbles (i, i + 4), then (·, · + 2), then (·, · + 1) puts
     nibble 4a + 2b + c at [r, w, a, b, c], so the reshape reads them in column order."""
     low, high = words, words >> 16  # [R, W] each: nibbles 0–3 and 4–7 at bits 0–15 (bits above are never read)
-    by_4 = tl.join(_plane(low, 0, offset, magic), _plane(high, 0, offset, magic))  # [R, W, 2]: nibbles 0, 4
-    by_4_then_2 = tl.join(_plane(low, 2, offset, magic), _plane(high, 2, offset, magic))  # [R, W, 2]: 2, 6
+    by_4 = tl.join(_plane(low, 0, magic), _plane(high, 0, magic))  # [R, W, 2]: nibbles 0, 4
+    by_4_then_2 = tl.join(_plane(low, 2, magic), _plane(high, 2, magic))  # [R, W, 2]: 2, 6
     even = tl.join(by_4, by_4_then_2)  # [R, W, 2, 2]: nibbles 0, 2, 4, 6
-    odd = tl.join(tl.join(_plane(low, 1, offset, magic), _plane(high, 1, offset, magic)),
-                  tl.join(_plane(low, 3, offset, magic), _plane(high, 3, offset, magic)))  # [R, W, 2, 2]: 1, 3, 5, 7
+    odd = tl.join(tl.join(_plane(low, 1, magic), _plane(high, 1, magic)),
+                  tl.join(_plane(low, 3, magic), _plane(high, 3, magic)))  # [R, W, 2, 2]: 1, 3, 5, 7
     codes = tl.join(even, odd)  # [R, W, 2, 2, 2]: nibble 4a + 2b + c at [r, w, a, b, c]
     return tl.reshape(codes, (words.shape[0], 8 * words.shape[1]))  # -> [R, 8·W]
 
 
 @triton.jit
-def _load_tile(w_ptr, s_ptr, z_ptr, n, n_ok, k0, stride_wn, stride_sn, stride_sg, stride_zn, stride_zg,
-               GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The packed words of rows n, columns k0 … k0 + BLOCK_K, their group's scale s [R], and the offset 8 + z
-    that turns unsigned codes u into Q − z."""
-    word = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K/8]
-    words = tl.load(w_ptr + n[:, None] * stride_wn + (k0 // 8 + word)[None, :],
-                    mask=n_ok[:, None], other=0)  # [R, BLOCK_K/8] int32, contiguous along K: 16-byte loads
-    group = k0 // GROUP_SIZE  # the tile lies inside one group (BLOCK_K divides GROUP_SIZE): one scale per row
-    s = tl.load(s_ptr + n * stride_sn + group * stride_sg, mask=n_ok, other=0).to(tl.float32)  # [R]
-    if HAS_ZEROS:
-        z = tl.load(z_ptr + n * stride_zn + group * stride_zg, mask=n_ok, other=0).to(tl.float32)  # [R]
-        offset = z[:, None] + _INT4_OFFSET  # [R, 1]: the codes become Q − z
+def _group_scales(s_ptr, z_ptr, n, n_ok, k0, stride_sn, stride_zn, GROUP_SIZE: tl.constexpr,
+                  HAS_ZEROS: tl.constexpr, PARTS: tl.constexpr, SUB: tl.constexpr):
+    """The scales s and zero points z (0 when symmetric) of rows n for the PARTS sub-tiles of SUB columns from k0 on:
+    fp32 [R, PARTS]. A sub-tile lies inside one group."""
+    if PARTS == 1:  # one scale per row: a vector, seen as [R, 1]
+        group = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + n * stride_sn + group, mask=n_ok, other=0)[:, None]
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + n * stride_zn + group, mask=n_ok, other=0)[:, None]
+        else:
+            z = tl.zeros((1, 1), dtype=tl.int32)
     else:
-        offset = _INT4_OFFSET * 1.0  # the codes become Q
-    return words, s, offset
+        group = (k0 + tl.arange(0, PARTS) * SUB) // GROUP_SIZE  # [PARTS]
+        s = tl.load(s_ptr + n[:, None] * stride_sn + group[None, :], mask=n_ok[:, None], other=0)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + n[:, None] * stride_zn + group[None, :], mask=n_ok[:, None], other=0)
+        else:
+            z = tl.zeros((1, PARTS), dtype=tl.int32)
+    return s.to(tl.float32), z.to(tl.float32)
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUCKET, two_pow_23_bits,
-                 stride_xm, stride_xk, stride_wn, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
+                 stride_xm, stride_wn, stride_sn, stride_zn, stride_om,
                  GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr):
     """Y[m, n] for one row m of x, BLOCK_N outputs n and one slice of K, on CUDA cores. Grid (N/BLOCK_N, M, SPLIT_K).
+    A K tile may hold several groups (BLOCK_K = 512 for g = 128: a thread's loads are 4 × 16 bytes in flight, not
+    one): it is seen as PARTS sub-tiles of SUB columns, one scale each. PREFETCH loads the next tile's words before
+    this tile is unpacked (Triton pipelines only loads that feed tl.dot: this loop is written pipelined by hand).
     M_BUCKET only keys the autotuner."""
     pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    SUB: tl.constexpr = BLOCK_K if BLOCK_K < GROUP_SIZE else GROUP_SIZE  # columns under one scale
+    PARTS: tl.constexpr = BLOCK_K // SUB
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output features of this program
-    k = tl.arange(0, BLOCK_K)  # [BLOCK_K]
     n_ok = n < N
+    columns = tl.arange(0, PARTS)[:, None] * SUB + tl.arange(0, SUB)[None, :]  # [PARTS, SUB]: the tile's columns
     tiles = K // BLOCK_K
     per_split = tl.cdiv(tiles, SPLIT_K)  # K tiles per slice
-    y = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for t in range(pid_k * per_split, tl.minimum(pid_k * per_split + per_split, tiles)):
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, tiles)
+    rows = w_ptr + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]  # [BLOCK_N, BLOCK_K/8] at k = 0
+    acc = tl.zeros((BLOCK_N, PARTS), dtype=tl.float32)
+    if PREFETCH:
+        words = tl.load(rows + first * (BLOCK_K // 8), mask=n_ok[:, None] & (first < last), other=0)
+    for t in range(first, last):
         k0 = t * BLOCK_K
-        words, s, offset = _load_tile(w_ptr, s_ptr, z_ptr, n, n_ok, k0, stride_wn, stride_sn, stride_sg, stride_zn,
-                                      stride_zg, GROUP_SIZE, HAS_ZEROS, BLOCK_K)
-        codes = _codes_tile(words, offset, two_pow_23_bits)  # [BLOCK_N, BLOCK_K] Q − z
-        x = tl.load(x_ptr + m * stride_xm + (k0 + k) * stride_xk).to(tl.float32)  # [BLOCK_K]
-        y += s * tl.sum(codes * x[None, :], axis=1)  # the tile shares one scale per row: it scales the row's sum
+        if PREFETCH:  # the next tile's words travel while this one is unpacked
+            ahead = tl.load(rows + (k0 + BLOCK_K) // 8, mask=n_ok[:, None] & (t + 1 < last), other=0)
+        else:
+            words = tl.load(rows + k0 // 8, mask=n_ok[:, None], other=0)  # [BLOCK_N, BLOCK_K/8] int32
+        s, z = _group_scales(s_ptr, z_ptr, n, n_ok, k0, stride_sn, stride_zn, GROUP_SIZE,
+                             HAS_ZEROS, PARTS, SUB)  # [BLOCK_N, PARTS] each
+        x = tl.load(x_ptr + m * stride_xm + k0 + columns).to(tl.float32)  # [PARTS, SUB]
+        codes = tl.reshape(_codes_tile(words, two_pow_23_bits), (BLOCK_N, PARTS, SUB))  # Q
+        sums = tl.sum(codes * x[None, :, :], axis=2)  # [BLOCK_N, PARTS]: Σ Q·x per sub-tile
+        if HAS_ZEROS:
+            sums -= z * tl.sum(x, axis=1)[None, :]  # Σ (Q − z)·x = Σ Q·x − z·Σ x
+        acc += s * sums  # a sub-tile shares one scale per row: it scales the row's sum
+        if PREFETCH:
+            words = ahead
+    y = tl.sum(acc, axis=1)  # [BLOCK_N]
     if SPLIT_K == 1:
-        tl.store(out_ptr + m * stride_om + n * stride_on, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+        tl.store(out_ptr + m * stride_om + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
     else:
         tl.store(partial_ptr + (pid_k * M + m) * N + n, y, mask=n_ok)  # partials [SPLIT_K, M, N] fp32
 
 
 @triton.jit
 def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUCKET, two_pow_23_bits,
-                stride_xm, stride_xk, stride_wn, stride_sn, stride_sg, stride_zn, stride_zg, stride_om, stride_on,
+                stride_xm, stride_wn, stride_sn, stride_zn, stride_om,
                 GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """A [BLOCK_M, BLOCK_N] tile of Y over one slice of K, on tensor cores, computed transposed ("swap AB"):
-    acc [BLOCK_N, BLOCK_M] = Ŵ_tile · X_tileᵀ. Grid (N/BLOCK_N · M/BLOCK_M, SPLIT_K). M_BUCKET only keys the autotuner;
-    FP32_DOT is for triton's CPU interpreter, which multiplies bf16 tiles as raw integers."""
+    acc [BLOCK_N, BLOCK_M] = Ŵ_tile · X_tileᵀ. Grid (N/BLOCK_N · M/BLOCK_M, SPLIT_K). A K tile may hold several
+    groups, as in the GEMV. M_BUCKET only keys the autotuner; FP32_DOT is for triton's CPU interpreter, which
+    multiplies bf16 tiles as raw integers."""
     pid, pid_k = tl.program_id(0), tl.program_id(1)
+    SUB: tl.constexpr = BLOCK_K if BLOCK_K < GROUP_SIZE else GROUP_SIZE
+    PARTS: tl.constexpr = BLOCK_K // SUB
     # grouped order: GROUP_N weight tiles × all token tiles, so a weight tile is read from memory once per group
     tiles_n, tiles_m = tl.cdiv(N, BLOCK_N), tl.cdiv(M, BLOCK_M)
     first_n = (pid // (_GROUP_N * tiles_m)) * _GROUP_N
@@ -236,20 +272,31 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUC
     n_ok, m_ok = n < N, m < M
     tiles = K // BLOCK_K
     per_split = tl.cdiv(tiles, SPLIT_K)  # K tiles per slice
+    rows = w_ptr + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]  # [BLOCK_N, BLOCK_K/8] at k = 0
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for t in range(pid_k * per_split, tl.minimum(pid_k * per_split + per_split, tiles)):
         k0 = t * BLOCK_K
-        words, s, offset = _load_tile(w_ptr, s_ptr, z_ptr, n, n_ok, k0, stride_wn, stride_sn, stride_sg, stride_zn,
-                                      stride_zg, GROUP_SIZE, HAS_ZEROS, BLOCK_K)
-        W = _codes_tile(words, offset, two_pow_23_bits) * s[:, None]  # [BLOCK_N, BLOCK_K] Ŵ = s · (Q − z), fp32
-        W = W.to(x_ptr.dtype.element_ty)  # rounded to x's 16-bit type, as the tensor core reads it
-        xT = tl.load(x_ptr + m[None, :] * stride_xm + (k0 + k)[:, None] * stride_xk,
+        words = tl.load(rows + k0 // 8, mask=n_ok[:, None], other=0)  # [BLOCK_N, BLOCK_K/8] int32
+        s, z = _group_scales(s_ptr, z_ptr, n, n_ok, k0, stride_sn, stride_zn, GROUP_SIZE,
+                             HAS_ZEROS, PARTS, SUB)  # [BLOCK_N, PARTS] each
+        xT = tl.load(x_ptr + m[None, :] * stride_xm + (k0 + k)[:, None],
                      mask=m_ok[None, :], other=0)  # [BLOCK_K, BLOCK_M]: X tile, transposed by its pointers
+        codes = _codes_tile(words, two_pow_23_bits)  # [BLOCK_N, BLOCK_K] Q
+        if PARTS == 1:  # one group: one scale (and zero point) per row
+            if HAS_ZEROS:
+                codes -= z
+            W = codes * s  # [BLOCK_N, BLOCK_K] Ŵ = s · (Q − z), fp32
+        else:  # sub-tiles of one group each
+            codes = tl.reshape(codes, (BLOCK_N, PARTS, SUB))
+            if HAS_ZEROS:
+                codes -= z[:, :, None]
+            W = tl.reshape(codes * s[:, :, None], (BLOCK_N, BLOCK_K))
+        W = W.to(x_ptr.dtype.element_ty)  # rounded to x's 16-bit type, as the tensor core reads it
         if FP32_DOT:  # the same values, multiplied in fp32
             W, xT = W.to(tl.float32), xT.to(tl.float32)
         acc = tl.dot(W, xT, acc)  # [BLOCK_N, BLOCK_M] += [BLOCK_N, BLOCK_K] · [BLOCK_K, BLOCK_M]
     if SPLIT_K == 1:
-        tl.store(out_ptr + m[None, :] * stride_om + n[:, None] * stride_on, acc.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + m[None, :] * stride_om + n[:, None], acc.to(out_ptr.dtype.element_ty),
                  mask=m_ok[None, :] & n_ok[:, None])  # Y[m, n] = acc[n, m]
     else:
         tl.store(partial_ptr + (pid_k * M + m[None, :]) * N + n[:, None], acc,
@@ -270,36 +317,44 @@ def _split_k_sum_kernel(partial_ptr, out_ptr, size, SPLIT_K: tl.constexpr, BLOCK
 # ---------------------------------------------------------------- configs and autotuning
 
 
-def _config(BLOCK_N: int, BLOCK_K: int, SPLIT_K: int, warps: int, stages: int, BLOCK_M: int | None = None):
+def _config(BLOCK_N: int, BLOCK_K: int, SPLIT_K: int, warps: int, stages: int, BLOCK_M: int | None = None,
+            prefetch: bool | None = None):
     tiles = {"BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K, "SPLIT_K": SPLIT_K}
-    return triton.Config(tiles if BLOCK_M is None else {"BLOCK_M": BLOCK_M, **tiles}, num_warps=warps,
-                         num_stages=stages)
+    if BLOCK_M is not None:
+        tiles = {"BLOCK_M": BLOCK_M, **tiles}
+    if prefetch is not None:
+        tiles["PREFETCH"] = prefetch
+    return triton.Config(tiles, num_warps=warps, num_stages=stages)
 
 
-# M = 1: rows per program × K slices. The GEMV's loop is not software-pipelined (no tl.dot), so num_stages changes
-# nothing: the loads in flight are one 16-byte load per thread and row of the program (BLOCK_N = 32, 4 warps: one
-# row a thread) times the resident programs (~10 per SM at 48 registers a thread, 5 at BLOCK_N = 128), and split-K
-# multiplies the programs where N is small (N = 8192, BLOCK_N = 64: 128 programs for 132 SMs without it).
+# M = 1: rows per program × K tile × K slices × hand prefetch. Each config here was among the eight fastest of a sweep
+# of 168 to 216 configs at one of the four Llama-3.1-70B shapes on an H100 (each timed back to back in a CUDA graph,
+# weights rotating through 512 MB): K tiles of 512 columns win everywhere; 16 to 64 rows; K split only where
+# N / BLOCK_N alone leaves SMs idle.
 GEMV_CONFIGS = [
-    _config(32, 128, 1, warps=4, stages=1),
-    _config(32, 128, 4, warps=4, stages=1),
-    _config(64, 128, 1, warps=4, stages=1),
-    _config(64, 128, 2, warps=4, stages=1),
-    _config(64, 128, 4, warps=4, stages=1),
-    _config(128, 128, 2, warps=4, stages=1),  # four rows a thread: four loads in flight, x's registers shared
-    _config(128, 128, 4, warps=4, stages=1),
-    _config(128, 128, 8, warps=4, stages=1),
+    _config(16, 512, 1, warps=4, stages=1, prefetch=True),  # 70B qkv (N = 10,240): the fastest
+    _config(32, 512, 1, warps=4, stages=1, prefetch=True),  # 70B o (N = 8,192)
+    _config(32, 512, 2, warps=4, stages=1, prefetch=True),
+    _config(32, 512, 4, warps=4, stages=1, prefetch=False),
+    _config(64, 512, 1, warps=4, stages=1, prefetch=False),  # 70B gate_up (N = 57,344): the fastest
+    _config(64, 512, 2, warps=4, stages=1, prefetch=True),  # 70B down (K = 28,672): the fastest
+    _config(64, 512, 4, warps=4, stages=1, prefetch=False),
+    _config(128, 256, 8, warps=4, stages=1, prefetch=False),
 ]
-# 2 ≤ M ≤ 16 (batched decode): one token tile of 16, weight tiles of 32–128 rows, split K for parallelism
+# 2 ≤ M ≤ 16 (batched decode): one token tile of 16, weight tiles of 64–128 rows, split K for parallelism. The configs
+# within 3 % of the best of a sweep of 36 to 72 per shape (8B and 70B, M = 16, back to back), and two with K tiles of
+# several groups. Triton pipelines this loop's loads itself (through shared memory); prefetching the words by hand
+# measured no faster here, nor did converting the codes to bf16 pairs in inline PTX (2 instructions per weight
+# instead of 3.5): at M = 16 this kernel is not bound by its instructions.
 DECODE_CONFIGS = [
-    _config(64, 128, 1, warps=4, stages=4, BLOCK_M=16),
-    _config(64, 128, 2, warps=4, stages=4, BLOCK_M=16),
-    _config(64, 128, 4, warps=4, stages=3, BLOCK_M=16),
-    _config(128, 128, 1, warps=4, stages=4, BLOCK_M=16),
-    _config(128, 128, 2, warps=8, stages=3, BLOCK_M=16),
-    _config(32, 128, 2, warps=4, stages=4, BLOCK_M=16),
-    _config(32, 128, 4, warps=2, stages=4, BLOCK_M=16),
-    _config(128, 64, 4, warps=4, stages=4, BLOCK_M=16),
+    _config(64, 128, 1, warps=4, stages=3, BLOCK_M=16),  # 70B gate_up
+    _config(64, 128, 2, warps=4, stages=3, BLOCK_M=16),  # 8B gate_up
+    _config(64, 128, 4, warps=4, stages=3, BLOCK_M=16),  # 70B qkv, o, down; 8B qkv, o
+    _config(64, 128, 8, warps=4, stages=3, BLOCK_M=16),  # 8B down
+    _config(64, 512, 2, warps=4, stages=3, BLOCK_M=16),
+    _config(64, 256, 2, warps=4, stages=3, BLOCK_M=16),
+    _config(128, 128, 4, warps=8, stages=3, BLOCK_M=16),  # 70B o, down
+    _config(64, 128, 1, warps=4, stages=4, BLOCK_M=16),  # 70B gate_up
 ]
 # 16 < M ≤ 64: still weight-bound, wider token tiles
 MID_CONFIGS = [
@@ -335,9 +390,14 @@ def _configs_for(M: int) -> list:
     return DECODE_CONFIGS if M <= 16 else MID_CONFIGS if M <= 64 else LARGE_CONFIGS
 
 
-def fit_config(config, group_size: int):
-    """`config` with BLOCK_K cut to divide `group_size` (a K tile must not straddle two groups)."""
-    block_k = math.gcd(config.kwargs["BLOCK_K"], group_size)
+def fit_config(config, group_size: int, K: int | None = None):
+    """`config` with BLOCK_K fitted: a K tile lies inside one group or holds whole groups (then g must be a power of
+    two, as the tile's sub-tiles are), and divides K."""
+    block_k = config.kwargs["BLOCK_K"]
+    if block_k <= group_size or group_size & (group_size - 1):
+        block_k = math.gcd(block_k, group_size)
+    elif K is not None:
+        block_k = group_size * math.gcd(block_k // group_size, K // group_size)  # whole groups that divide K
     if block_k == config.kwargs["BLOCK_K"]:
         return config
     return triton.Config({**config.kwargs, "BLOCK_K": block_k}, num_warps=config.num_warps,
@@ -350,7 +410,7 @@ def _prune(configs, named_args, **kwargs):
     wanted = configs if "BLOCK_M" not in configs[0].kwargs else _configs_for(args["M"])
     fitted = {}
     for config in wanted:
-        config = fit_config(config, args["GROUP_SIZE"])
+        config = fit_config(config, args["GROUP_SIZE"], args["K"])
         fitted.setdefault((tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages), config)
     return list(fitted.values())
 
@@ -406,7 +466,9 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
         raise ValueError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton, "
                          "for CPU tests); on CPU use dequantize_then_matmul")
     name = kernel if kernel != "auto" else "gemv" if M <= GEMV_MAX_M else "dot"
-    packed = packed.contiguous()  # the words of a row must be contiguous (one 16-byte load covers 4 of them)
+    # the kernels take the column stride of x, scales, zeros and the output to be 1 (their rows are contiguous)
+    x, packed, scales = x.contiguous(), packed.contiguous(), scales.contiguous()
+    zeros = zeros.contiguous() if zeros is not None else None
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return out
@@ -414,9 +476,8 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
     most_splits = max(c.kwargs["SPLIT_K"] for c in candidates)
     partials = torch.empty((most_splits, M, N), dtype=torch.float32, device=x.device) if most_splits > 1 else out
     z = zeros if zeros is not None else scales  # a valid pointer, never read when HAS_ZEROS is False
-    args = (x, packed, scales, z, out, partials, M, N, K, m_bucket(M), FLOAT_2_POW_23_BITS, x.stride(0), x.stride(1),
-            packed.stride(0), scales.stride(0), scales.stride(1), z.stride(0), z.stride(1), out.stride(0),
-            out.stride(1))
+    args = (x, packed, scales, z, out, partials, M, N, K, m_bucket(M), FLOAT_2_POW_23_BITS, x.stride(0),
+            packed.stride(0), scales.stride(0), z.stride(0), out.stride(0))
     constants = {"GROUP_SIZE": group_size, "HAS_ZEROS": zeros is not None}
     if name == "gemv":
         def grid(meta):
@@ -431,7 +492,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
         split_k = _TUNED[name].best_config.kwargs["SPLIT_K"]
     else:
         chosen = fit_config(config if config is not None else
-                            (GEMV_CONFIGS[0] if name == "gemv" else _configs_for(M)[0]), group_size)
+                            (GEMV_CONFIGS[0] if name == "gemv" else _configs_for(M)[0]), group_size, K)
         _TUNED[name].fn[grid](*args, **constants, **chosen.all_kwargs())
         split_k = chosen.kwargs["SPLIT_K"]
     if split_k > 1:
