@@ -32,8 +32,9 @@ Two regimes, two kernels (the split-K schedule of Hoque et al., arXiv 2402.00025
 - `_gemv_kernel`, M = 1 (single-stream decode): CUDA cores. Each program takes BLOCK_N rows of the weight and one of
   SPLIT_K slices of K; N / BLOCK_N × SPLIT_K programs keep all 132 SMs of an H100 streaming. What decides its speed is
   memory-level parallelism, bytes in flight: an H100 needs about bandwidth × latency ≈ 3.3 TB/s × ~0.7 µs ≈ 2 MB in
-  flight, some 16 KB per SM, to stream at full speed. Triton software-pipelines only the loads that feed `tl.dot`, so
-  the GEMV does it by hand: K tiles of 512 columns (four 16-byte loads per thread and row, where tiles of one group of
+  flight, some 16 KB per SM, to stream at full speed. Triton software-pipelines the loads of loops built around a
+  `tl.dot` (the tensor-core kernel's words too: they go through shared memory); this loop has none, so the GEMV does
+  it by hand: K tiles of 512 columns (four 16-byte loads per thread and row, where tiles of one group of
   128 gave one and streamed at 1.1–1.6 TB/s), and PREFETCH loads the next tile's words before this one is unpacked.
   A tile of several groups is seen as PARTS sub-tiles of one group each: its scale multiplies the sub-tile's row
   sums, not each weight. A tensor core would waste 15 of its 16 rows here.
@@ -209,7 +210,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BU
     """Y[m, n] for one row m of x, BLOCK_N outputs n and one slice of K, on CUDA cores. Grid (N/BLOCK_N, M, SPLIT_K).
     A K tile may hold several groups (BLOCK_K = 512 for g = 128: a thread's loads are 4 × 16 bytes in flight, not
     one): it is seen as PARTS sub-tiles of SUB columns, one scale each. PREFETCH loads the next tile's words before
-    this tile is unpacked (Triton pipelines only loads that feed tl.dot: this loop is written pipelined by hand).
+    this tile is unpacked (Triton pipelines the loads of loops with a tl.dot: this one is pipelined by hand).
     M_BUCKET only keys the autotuner."""
     pid_n, m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     SUB: tl.constexpr = BLOCK_K if BLOCK_K < GROUP_SIZE else GROUP_SIZE  # columns under one scale
