@@ -1,6 +1,6 @@
 """Our Triton W4A16 kernel against bf16 and torch's int4 kernel on a GPU, at Llama-3.1-8B and 70B layer shapes.
 
-Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_w4a16.py --out DIR [--quick]` (about 5 minutes on an
+Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_w4a16.py --out DIR [--quick]` (about 3 minutes on an
 H100; --quick: 70B, M in 1, 16, 4096). For each layer GEMM (fused qkv, o, gate_up, down; random weights, RTN int4
 group 128 in the compressed-tensors layout) and each M (tokens per GEMM) it measures:
   - correctness: max |ours − dequantize-then-matmul| / max |reference| (reference: the bf16 copy of Ŵ, fp32 GEMM);
