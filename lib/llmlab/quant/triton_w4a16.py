@@ -224,12 +224,15 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BU
     last = tl.minimum(first + per_split, tiles)
     rows = w_ptr + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]  # [BLOCK_N, BLOCK_K/8] at k = 0
     acc = tl.zeros((BLOCK_N, PARTS), dtype=tl.float32)
+    # a tile index plus `zero_row` is that index as a [1, BLOCK_K/8] tensor: the prefetch masks compare it with
+    # `last` (triton 3.9's CPU interpreter rejects a mask built from a comparison of two scalars)
+    zero_row = tl.zeros((1, BLOCK_K // 8), dtype=tl.int32)
     if PREFETCH:
-        words = tl.load(rows + first * (BLOCK_K // 8), mask=n_ok[:, None] & (first < last), other=0)
+        words = tl.load(rows + first * (BLOCK_K // 8), mask=n_ok[:, None] & (first + zero_row < last), other=0)
     for t in range(first, last):
         k0 = t * BLOCK_K
         if PREFETCH:  # the next tile's words travel while this one is unpacked
-            ahead = tl.load(rows + (k0 + BLOCK_K) // 8, mask=n_ok[:, None] & (t + 1 < last), other=0)
+            ahead = tl.load(rows + (k0 + BLOCK_K) // 8, mask=n_ok[:, None] & (t + 1 + zero_row < last), other=0)
         else:
             words = tl.load(rows + k0 // 8, mask=n_ok[:, None], other=0)  # [BLOCK_N, BLOCK_K/8] int32
         s, z = _group_scales(s_ptr, z_ptr, n, n_ok, k0, stride_sn, stride_zn, GROUP_SIZE,
