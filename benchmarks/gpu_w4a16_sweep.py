@@ -1,18 +1,12 @@
 """Sweep the configs of our Triton W4A16 kernels at Llama-3.1 layer shapes, each timed back to back, to choose the
 autotuner's lists (GEMV_CONFIGS, DECODE_CONFIGS in llmlab.quant.triton_w4a16).
 
-Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_w4a16_sweep.py --out DIR [--m 1,16] [--models 70b]
-[--twin]` (about 2 minutes per M on an H100, most of it compiling). For each shape and M it times every config of a
-grid through `w4a16_matmul(..., config=...)` on the back-to-back clock of `benchmarks/gpu_w4a16.py` (calls captured
-in a CUDA graph, weights rotating through more memory than the L2 holds), checks each result against
+Run on a CUDA machine: `PYTHONPATH=lib python benchmarks/gpu_w4a16_sweep.py --out DIR [--m 1,16] [--models 70b]`
+(about 2 minutes per M on an H100, most of it compiling). For each shape and M it times every config of a grid
+through `w4a16_matmul(..., config=...)` on the back-to-back clock of `benchmarks/gpu_w4a16.py` (calls captured in a
+CUDA graph, weights rotating through more memory than the L2 holds), checks each result against
 dequantize-then-matmul, and prints the fastest configs with their speedup over bf16; the JSON
 (data/results/w4a16-sweep-<gpu>.json) holds every timing.
-
---twin also times, at M > 1, `_twin_kernel` below beside ours at the same tiles: a copy of the tensor-core kernel
-written without the library's options (no zero points, no grouped program order, no multi-group K tiles, SPLIT_K a
-run-time argument, unit strides assumed). In the sweeps that chose DECODE_CONFIGS (H100, Triton 3.6) that twin ran
-8-11 % faster than `_dot_kernel` at 70B qkv, o and down (M = 16), with the same results to the bit; grouped order,
-the loop bounds and unit strides were ruled out one by one; what remains is to be found, and this flag measures it.
 """
 
 from __future__ import annotations
@@ -25,10 +19,8 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 from gpu_w4a16 import graph_ms
-from llmlab.quant.triton_w4a16 import _codes_tile
 
 GROUP_SIZE = 128
 ROTATE_BYTES = 512 * 2**20
@@ -52,53 +44,8 @@ def dot_grid(N: int, K: int):
             yield block_n, block_k, split, warps, stages
 
 
-@triton.jit
-def _twin_kernel(x_ptr, w_ptr, s_ptr, out_ptr, partial_ptr, M, N, K, split_k, magic, stride_xm, stride_wn, stride_sn,
-                 GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """`_dot_kernel` for M ≤ BLOCK_M, symmetric layers and K tiles inside one group, without its options."""
-    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = tl.arange(0, BLOCK_M)
-    k = tl.arange(0, BLOCK_K)
-    n_ok, m_ok = n < N, m < M
-    tiles = K // BLOCK_K
-    per_split = tl.cdiv(tiles, split_k)
-    first = pid_k * per_split
-    last = tl.minimum(first + per_split, tiles)
-    rows = w_ptr + n[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for t in range(first, last):
-        k0 = t * BLOCK_K
-        words = tl.load(rows + k0 // 8, mask=n_ok[:, None], other=0)
-        s = tl.load(s_ptr + n * stride_sn + k0 // GROUP_SIZE, mask=n_ok, other=0).to(tl.float32)
-        xT = tl.load(x_ptr + m[None, :] * stride_xm + (k0 + k)[:, None], mask=m_ok[None, :], other=0)
-        codes = _codes_tile(words, magic)
-        acc = tl.dot((codes * s[:, None]).to(x_ptr.dtype.element_ty), xT, acc)
-    if split_k == 1:
-        tl.store(out_ptr + m[None, :] * N + n[:, None], acc.to(out_ptr.dtype.element_ty),
-                 mask=m_ok[None, :] & n_ok[:, None])
-    else:
-        tl.store(partial_ptr + (pid_k * M + m[None, :]) * N + n[:, None], acc, mask=m_ok[None, :] & n_ok[:, None])
-
-
-def twin(x, packed, scales, block_n: int, block_k: int, split: int, warps: int, stages: int) -> torch.Tensor:
-    from llmlab.quant.triton_w4a16 import FLOAT_2_POW_23_BITS, _sum_partials
-
-    M, K = x.shape
-    N = packed.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    partials = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
-    _twin_kernel[(triton.cdiv(N, block_n), split)](
-        x, packed, scales, out, partials, M, N, K, split, FLOAT_2_POW_23_BITS, x.stride(0), packed.stride(0),
-        scales.stride(0), GROUP_SIZE=GROUP_SIZE, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        num_stages=stages)
-    if split > 1:
-        _sum_partials(partials, out, M * N, split)
-    return out
-
-
 @torch.no_grad()
-def sweep_shape(model: str, linear: str, N: int, K: int, Ms, with_twin: bool, rows: list) -> None:
+def sweep_shape(model: str, linear: str, N: int, K: int, Ms, rows: list) -> None:
     from llmlab.quant.triton_w4a16 import _config, dequantize_then_matmul, w4a16_matmul
 
     int4_copies = max(1, min(16, -(-ROTATE_BYTES // (N * K // 2))))
@@ -122,23 +69,22 @@ def sweep_shape(model: str, linear: str, N: int, K: int, Ms, with_twin: bool, ro
                 block_n, block_k, split, warps, stages = tiles
                 config = _config(block_n, block_k, split, warps=warps, stages=stages, BLOCK_M=16)
                 kernel = "dot"
-            calls = {"ours": lambda i, c=config, k=kernel: w4a16_matmul(x, packed[i], scales, None, GROUP_SIZE,
-                                                                        kernel=k, config=c)}
-            if with_twin and M > 1 and block_k <= GROUP_SIZE:
-                calls["twin"] = lambda i, t=tiles: twin(x, packed[i], scales, *t)
-            for name, fn in calls.items():
-                error = ((fn(0).float() - reference).abs().max() / reference.abs().max()).item()
-                ms = graph_ms(fn, int4_copies, replays=5)
-                row = {"model": model, "linear": linear, "N": N, "K": K, "M": M, "kernel": name,
-                       "config": {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages},
-                       "ms": ms, "bf16_ms": bf16_ms, "speedup_vs_bf16": bf16_ms / ms, "max_rel_error": error}
-                rows.append(row)
-                timed.append(row)
+
+            def call(i, config=config, kernel=kernel):
+                return w4a16_matmul(x, packed[i], scales, None, GROUP_SIZE, kernel=kernel, config=config)
+
+            error = ((call(0).float() - reference).abs().max() / reference.abs().max()).item()
+            ms = graph_ms(call, int4_copies, replays=5)
+            row = {"model": model, "linear": linear, "N": N, "K": K, "M": M, "kernel": kernel,
+                   "config": {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages},
+                   "ms": ms, "bf16_ms": bf16_ms, "speedup_vs_bf16": bf16_ms / ms, "max_rel_error": error}
+            rows.append(row)
+            timed.append(row)
         best = sorted(timed, key=lambda row: row["ms"])
         print(f"{model} {linear} N={N} K={K} M={M}: bf16 {bf16_ms * 1e3:.1f} us, {len(timed)} timings in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
         for row in best[:6]:
-            print(f"   {row['kernel']:4s} {row['config']}: {row['ms'] * 1e3:.1f} us ×{row['speedup_vs_bf16']:.2f} "
+            print(f"   {row['config']}: {row['ms'] * 1e3:.1f} us ×{row['speedup_vs_bf16']:.2f} "
                   f"err {row['max_rel_error']:.1e}", flush=True)
         wrong = [row for row in timed if row["max_rel_error"] > 1e-2]
         if wrong:
@@ -152,7 +98,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON (default data/results)")
     parser.add_argument("--m", default="1,16", help="tokens per GEMM, comma-separated (1: the GEMV, 2-16: tl.dot)")
     parser.add_argument("--models", default="70b,8b", help="70b and/or 8b")
-    parser.add_argument("--twin", action="store_true", help="also time the twin tensor-core kernel (M > 1)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU here: this sweep times GPU kernels")
@@ -170,7 +115,7 @@ def main(argv=None) -> int:
     measurements = {"group_size": GROUP_SIZE, "triton": triton.__version__, "rows": []}
     for model in (MODELS[key] for key in args.models.split(",")):
         for linear, (N, K) in layer_gemm_shapes(load_spec(model)).items():
-            sweep_shape(model, linear, N, K, Ms, args.twin, measurements["rows"])
+            sweep_shape(model, linear, N, K, Ms, measurements["rows"])
             path = save_result(f"w4a16-sweep-{slug}", measurements, command=command, folder=args.out)
     print(f"stored {path}")
     return 0

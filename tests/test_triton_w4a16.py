@@ -238,17 +238,10 @@ def test_weight_bytes_are_half_a_byte_plus_scales():
     assert module.weight_bytes() == expected, (module.weight_bytes(), expected)
 
 
-def test_the_sweeps_twin_kernel_and_grids(monkeypatch):
-    """benchmarks/gpu_w4a16_sweep.py (run on a GPU): its twin of the tensor-core kernel gives the same numbers, and its
-    grids hold the configs the autotuner lists were chosen from."""
+def test_the_sweeps_grids_hold_the_listed_configs(monkeypatch):
+    """benchmarks/gpu_w4a16_sweep.py (run on a GPU): its grids hold the configs the autotuner lists were chosen from."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     sweep = pytest.importorskip("gpu_w4a16_sweep")
-    packed, scales, _ = random_layer(128, 512, 128)
-    x = x_of(5, 512)
-    reference = w4a16.dequantize_then_matmul(x, packed, scales, None, 128)
-    errors = {tiles: relative_error(sweep.twin(x, packed, scales, *tiles), reference)
-              for tiles in ((64, 128, 1, 4, 3), (64, 128, 2, 4, 3), (128, 64, 4, 8, 4))}
-    assert max(errors.values()) < 2e-3, errors  # observed ≤ 7.3e-8
     gemv = set(sweep.gemv_grid(10240, 8192))
     listed = {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], c.num_warps, c.kwargs["PREFETCH"])
               for c in w4a16.GEMV_CONFIGS}

@@ -256,11 +256,18 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BU
 def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUCKET, two_pow_23_bits,
                 stride_xm, stride_wn, stride_sn, stride_zn, stride_om,
                 GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K):
     """A [BLOCK_M, BLOCK_N] tile of Y over one slice of K, on tensor cores, computed transposed ("swap AB"):
     acc [BLOCK_N, BLOCK_M] = Ŵ_tile · X_tileᵀ. Grid (N/BLOCK_N · M/BLOCK_M, SPLIT_K). A K tile may hold several
     groups, as in the GEMV. M_BUCKET only keys the autotuner; FP32_DOT is for triton's CPU interpreter, which
-    multiplies bf16 tiles as raw integers."""
+    multiplies bf16 tiles as raw integers.
+
+    SPLIT_K is a run-time argument, not a constexpr (Triton still compiles SPLIT_K = 1 as a constant: it specializes
+    integers equal to 1). With SPLIT_K > 1 as a constexpr, only the fp32 store of the partial sums is left after the
+    loop, and ptxas then serializes the asynchronous wgmma pipeline (its warning C7515: "wgmma.mma_async instructions
+    are serialized due to non wgmma instructions defining accumulator registers"); on the H100 that cost 8-11 % at
+    70B shapes, M = 16 (Triton 3.6). With both stores in the code, ptxas keeps the pipeline; a CPU test compiles the
+    configs for sm_90 and reads ptxas's warnings (tests/test_triton_w4a16.py)."""
     pid, pid_k = tl.program_id(0), tl.program_id(1)
     SUB: tl.constexpr = BLOCK_K if BLOCK_K < GROUP_SIZE else GROUP_SIZE
     PARTS: tl.constexpr = BLOCK_K // SUB
@@ -346,19 +353,18 @@ GEMV_CONFIGS = [
     _config(128, 256, 8, warps=4, stages=1, prefetch=False),
 ]
 # 2 ≤ M ≤ 16 (batched decode): one token tile of 16, weight tiles of 64–128 rows, split K for parallelism. The configs
-# within 3 % of the best of a sweep of 36 to 72 per shape (8B and 70B, M = 16, back to back), and two with K tiles of
-# several groups. Triton pipelines this loop's loads itself (through shared memory); prefetching the words by hand
-# measured no faster here, nor did converting the codes to bf16 pairs in inline PTX (2 instructions per weight
-# instead of 3.5): at M = 16 this kernel is not bound by its instructions.
+# within 3 % of the best of a sweep of 36 to 72 per shape (8B and 70B, M = 16, back to back, benchmarks/
+# gpu_w4a16_sweep.py). Triton pipelines this loop's loads itself (through shared memory); prefetching the words by
+# hand measured no faster here, nor did converting the codes to bf16 pairs in inline PTX (2 instructions per weight
+# instead of 3.5), nor the W tile as wgmma's B operand (from shared memory, tokens padded to 64: 1.2-1.4× slower).
 DECODE_CONFIGS = [
-    _config(64, 128, 1, warps=4, stages=3, BLOCK_M=16),  # 70B gate_up
-    _config(64, 128, 2, warps=4, stages=3, BLOCK_M=16),  # 8B gate_up
     _config(64, 128, 4, warps=4, stages=3, BLOCK_M=16),  # 70B qkv, o, down; 8B qkv, o
-    _config(64, 128, 8, warps=4, stages=3, BLOCK_M=16),  # 8B down
-    _config(64, 512, 2, warps=4, stages=3, BLOCK_M=16),
-    _config(64, 256, 2, warps=4, stages=3, BLOCK_M=16),
-    _config(128, 128, 4, warps=8, stages=3, BLOCK_M=16),  # 70B o, down
-    _config(64, 128, 1, warps=4, stages=4, BLOCK_M=16),  # 70B gate_up
+    _config(64, 128, 2, warps=4, stages=3, BLOCK_M=16),  # 70B and 8B gate_up
+    _config(64, 128, 1, warps=4, stages=3, BLOCK_M=16),  # 70B gate_up
+    _config(64, 128, 8, warps=4, stages=3, BLOCK_M=16),  # 70B down
+    _config(64, 256, 4, warps=4, stages=3, BLOCK_M=16),  # 8B o, qkv, down
+    _config(128, 128, 4, warps=4, stages=3, BLOCK_M=16),  # 70B o, down
+    _config(128, 128, 8, warps=4, stages=3, BLOCK_M=16),  # 8B down
 ]
 # 16 < M ≤ 64: still weight-bound, wider token tiles
 MID_CONFIGS = [
@@ -436,6 +442,11 @@ _TUNING = {"key": _KEY, "prune_configs_by": {"early_config_prune": _prune}, "pos
 _tuned_gemv = triton.autotune(GEMV_CONFIGS, **_TUNING)(_gemv_kernel)
 _tuned_dot = triton.autotune(DECODE_CONFIGS + MID_CONFIGS + LARGE_CONFIGS, **_TUNING)(_dot_kernel)
 _TUNED = {"gemv": _tuned_gemv, "dot": _tuned_dot}
+# the autotuner's pick per key (kernel, M bucket, N, K, group size, zero points, dtypes): later calls launch it
+# directly. The autotuner looks its own cache up too, but that lookup costs 16 to 22 µs of host time per call on the
+# H100's host, more than the GEMV's GPU time at 8B shapes; this dict lookup costs well under one
+_CHOSEN: dict[tuple, triton.Config] = {}
+_LAST: dict[str, triton.Config] = {}  # kernel -> the config of its last autotuned call (last_config)
 
 
 def interpreting() -> bool:
@@ -446,8 +457,8 @@ def interpreting() -> bool:
 
 
 def last_config(kernel: str) -> dict:
-    """The config the autotuner chose for the last call of `kernel` ("gemv" or "dot"): tiles, warps, stages."""
-    config = getattr(_TUNED[kernel], "best_config", None)
+    """The config of the last autotuned call of `kernel` ("gemv" or "dot"): tiles, warps, stages."""
+    config = _LAST.get(kernel)
     if config is None:
         raise LookupError(f"the {kernel} kernel has not run through its autotuner yet; call w4a16_matmul on a GPU")
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
@@ -476,7 +487,14 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return out
-    candidates = [config] if config is not None else GEMV_CONFIGS if name == "gemv" else _configs_for(M)
+    tuning = config is None and not interpreting()
+    if tuning:
+        key = (name, m_bucket(M), N, K, group_size, x.dtype, scales.dtype, None if zeros is None else zeros.dtype)
+        chosen = _CHOSEN.get(key)
+    else:  # under the interpreter, None takes the regime's first config
+        chosen = fit_config(config if config is not None else
+                            GEMV_CONFIGS[0] if name == "gemv" else _configs_for(M)[0], group_size, K)
+    candidates = [chosen] if chosen is not None else GEMV_CONFIGS if name == "gemv" else _configs_for(M)
     most_splits = max(c.kwargs["SPLIT_K"] for c in candidates)
     partials = torch.empty((most_splits, M, N), dtype=torch.float32, device=x.device) if most_splits > 1 else out
     z = zeros if zeros is not None else scales  # a valid pointer, never read when HAS_ZEROS is False
@@ -491,16 +509,15 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
 
         def grid(meta):
             return triton.cdiv(N, meta["BLOCK_N"]) * triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"]
-    if config is None and not interpreting():
+    if chosen is None:  # a new key: the autotuner times the regime's configs, then runs the fastest
         _TUNED[name][grid](*args, **constants)
-        split_k = _TUNED[name].best_config.kwargs["SPLIT_K"]
+        chosen = _CHOSEN[key] = _TUNED[name].best_config
     else:
-        chosen = fit_config(config if config is not None else
-                            (GEMV_CONFIGS[0] if name == "gemv" else _configs_for(M)[0]), group_size, K)
         _TUNED[name].fn[grid](*args, **constants, **chosen.all_kwargs())
-        split_k = chosen.kwargs["SPLIT_K"]
-    if split_k > 1:
-        _sum_partials(partials, out, M * N, split_k)
+    if tuning:
+        _LAST[name] = chosen
+    if chosen.kwargs["SPLIT_K"] > 1:
+        _sum_partials(partials, out, M * N, chosen.kwargs["SPLIT_K"])
     return out
 
 
