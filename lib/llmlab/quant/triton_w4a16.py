@@ -293,16 +293,21 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUC
         xT = tl.load(x_ptr + m[None, :] * stride_xm + (k0 + k)[:, None],
                      mask=m_ok[None, :], other=0)  # [BLOCK_K, BLOCK_M]: X tile, transposed by its pointers
         codes = _codes_tile(words, two_pow_23_bits)  # [BLOCK_N, BLOCK_K] Q
-        if PARTS == 1:  # one group: one scale (and zero point) per row
-            if HAS_ZEROS:
-                codes -= z
-            W = codes * s  # [BLOCK_N, BLOCK_K] Ŵ = s · (Q − z), fp32
+        # Ŵ = s · (Q − z) in x's 16-bit type, as the tensor core reads it. Q − z (integers up to 15 in size) is exact
+        # in it; where s is stored in that type too, the product is taken there (HMUL2: two weights per instruction,
+        # rounded once, the same bits as an fp32 product rounded), else in fp32, then rounded. (Not under the CPU
+        # interpreter, FP32_DOT: it multiplies 16-bit floats as raw integers.)
+        HALF_PRODUCT: tl.constexpr = s_ptr.dtype.element_ty == x_ptr.dtype.element_ty and not FP32_DOT
+        if HAS_ZEROS:
+            codes = tl.reshape(tl.reshape(codes, (BLOCK_N, PARTS, SUB)) - z[:, :, None], (BLOCK_N, BLOCK_K))
+        if HALF_PRODUCT:
+            codes = codes.to(x_ptr.dtype.element_ty)
+            s = s.to(x_ptr.dtype.element_ty)
+        if PARTS == 1:  # one group: one scale per row
+            W = codes * s  # [BLOCK_N, BLOCK_K]
         else:  # sub-tiles of one group each
-            codes = tl.reshape(codes, (BLOCK_N, PARTS, SUB))
-            if HAS_ZEROS:
-                codes -= z[:, :, None]
-            W = tl.reshape(codes * s[:, :, None], (BLOCK_N, BLOCK_K))
-        W = W.to(x_ptr.dtype.element_ty)  # rounded to x's 16-bit type, as the tensor core reads it
+            W = tl.reshape(tl.reshape(codes, (BLOCK_N, PARTS, SUB)) * s[:, :, None], (BLOCK_N, BLOCK_K))
+        W = W.to(x_ptr.dtype.element_ty)
         if FP32_DOT:  # the same values, multiplied in fp32
             W, xT = W.to(tl.float32), xT.to(tl.float32)
         acc = tl.dot(W, xT, acc)  # [BLOCK_N, BLOCK_M] += [BLOCK_N, BLOCK_K] · [BLOCK_K, BLOCK_M]
