@@ -1,6 +1,6 @@
 """The tensor-core W4A16 kernel as ptxas builds it for an H100 (sm_90a), on a machine without a GPU: Triton compiles
 each batched-decode config to PTX, ptxas assembles it, and its report must not say that the wgmma pipeline is
-serialized (warning C7515), which cost 7-11 % at Llama-70B shapes, M = 16, on the H100 (see `_dot_kernel`)."""
+serialized (warning C7515), which cost 6-11 % at Llama-70B shapes, M = 16, on the H100 (see `_dot_kernel`)."""
 
 import subprocess
 

@@ -41,8 +41,10 @@ Two regimes, two kernels (the split-K schedule of Hoque et al., arXiv 2402.00025
 - `_dot_kernel`, M ≥ 2: tensor cores (`tl.dot`). With M tokens, CUDA cores need M FMAs per weight: at M = 16 about
   twice the memory time. It is written "swap AB": acc [BLOCK_N, BLOCK_M] = Ŵ_tile [BLOCK_N, BLOCK_K] · X_tileᵀ
   [BLOCK_K, BLOCK_M], so the weight rows fill the tensor core's wide side (64 rows for Hopper's wgmma) and the few
-  tokens its narrow side (16). Triton pipelines its loads through shared memory (num_stages). The same kernel, with
-  BLOCK_M up to 256 and SPLIT_K = 1, is the prefill GEMM.
+  tokens its narrow side (16). Triton pipelines its loads through shared memory (num_stages). The codes are converted
+  to bf16 before the scale multiplies them, two weights per instruction where the scales share x's type (HMUL2:
+  exact codes, one rounding, the bits of an fp32 product rounded). SPLIT_K is a run-time argument there, for ptxas's
+  sake (see `_dot_kernel`). The same kernel, with BLOCK_M up to 256 and SPLIT_K = 1, is the prefill GEMM.
 `GEMV_MAX_M` is the crossing point; `benchmarks/gpu_w4a16.py` times both kernels at small M to check it.
 
 Split-K reduction: each slice writes fp32 partial sums to a [SPLIT_K, M, N] buffer and a second small kernel adds them
@@ -53,7 +55,8 @@ the autotuner times (it runs as the autotuner's post-hook), so split-K is chosen
 
 Autotuning: `triton.autotune` over a short list of configs per regime (tile sizes, SPLIT_K, num_warps, num_stages,
 PREFETCH), keyed on (M bucket, N, K, group size, zero points, dtypes); the first call at a new key benchmarks the list
-(`triton.testing.do_bench`), later calls reuse the winner; `last_config(kernel)` says which ran. The lists are the
+(`triton.testing.do_bench`), later calls launch the winner directly (`_CHOSEN`: the autotuner's own lookup costs
+more host time than a small GEMM's GPU time); `last_config(kernel)` says which ran. The lists are the
 winners of sweeps at Llama-3.1-70B shapes timed back to back (see GEMV_CONFIGS). `fit_config` fits BLOCK_K to the
 layer: a K tile lies inside one group or holds whole groups, and divides K; g must divide K and be a multiple of 16
 (the smallest K of a tensor-core step). `torch.ops.llmlab.w4a16_matmul` is the same call as an opaque custom op: what
@@ -265,7 +268,7 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, partial_ptr, M, N, K, M_BUC
     SPLIT_K is a run-time argument, not a constexpr (Triton still compiles SPLIT_K = 1 as a constant: it specializes
     integers equal to 1). With SPLIT_K > 1 as a constexpr, only the fp32 store of the partial sums is left after the
     loop, and ptxas then serializes the asynchronous wgmma pipeline (its warning C7515: "wgmma.mma_async instructions
-    are serialized due to non wgmma instructions defining accumulator registers"); on the H100 that cost 8-11 % at
+    are serialized due to non wgmma instructions defining accumulator registers"); on the H100 that cost 6-11 % at
     70B shapes, M = 16 (Triton 3.6). With both stores in the code, ptxas keeps the pipeline; a CPU test compiles the
     configs for sm_90 and reads ptxas's warnings (tests/test_triton_w4a16.py)."""
     pid, pid_k = tl.program_id(0), tl.program_id(1)
