@@ -258,7 +258,7 @@ class W4A16Linear(_RealLinear):
             if torch.compiler.is_compiling():  # what torch.compile traces: the custom op, opaque
                 return torch.ops.llmlab.w4a16_matmul(X, self.packed, self.scales, self.zeros, self.group_size)
             # eager: the call itself (the custom op's dispatch adds 20-25 µs of host time per call, measured on the
-            # H100's host: more than the kernel's GPU time at 8B shapes)
+            # H100's host: as much as the kernel's GPU time at 8B shapes)
             return triton_w4a16.w4a16_matmul(X, self.packed, self.scales, self.zeros, self.group_size)
 
         run = triton_w4a16.w4a16_matmul if triton_w4a16.interpreting() else triton_w4a16.dequantize_then_matmul
