@@ -13,12 +13,12 @@ group 128 in the compressed-tensors layout) and each M (tokens per GEMM) it meas
       "cold_ms": one call at a time, `triton.testing.do_bench` median, which zero-fills a 256 MB buffer before each
       call to clear the L2. That leaves up to 50 MB of dirty lines in the L2, written back while the timed kernel
       runs: more than a 4-bit 70B qkv GEMM reads (43 MB), so this clock charges small 4-bit GEMMs for traffic that is
-      not theirs; and when the host takes longer to launch our call (Python, the autotuner's lookup) than the GPU
+      not theirs; and when the host takes longer to launch our call (Python, Triton's launch) than the GPU
       takes to clear the L2, the timer runs while the GPU waits (small 8B GEMMs timed several times their
       back-to-back time this way). Kept for comparison with earlier runs, which used it;
   - speedup over bf16, achieved GB/s against the copy bandwidth measured in the same run, the autotuned config;
   - at M = 1 and 16, our call timed as `llmlab.quant.kernels.gemm_sweep` times it (synchronised, one call): the gap
-    is the host's launch time (Python, autotuner lookup), which CUDA graphs remove.
+    is the host's launch time (Python, Triton's launch), which CUDA graphs remove.
 Then per model and M the whole layer (its four GEMMs summed): the issue's goal is ≥ 3× bf16 at M = 1 and ≥ 2× at
 M = 16 on 70B. Progress lines are flushed as they come and the JSON (data/results/w4a16-triton-<gpu>.json through
 llmlab.results) is rewritten after every shape, so a timeout still leaves a partial answer.

@@ -363,8 +363,9 @@ GEMV_CONFIGS = [
 # 2 ≤ M ≤ 16 (batched decode): one token tile of 16, weight tiles of 64–128 rows, split K for parallelism. The configs
 # within 3 % of the best of a sweep of 36 to 72 per shape (8B and 70B, M = 16, back to back, benchmarks/
 # gpu_w4a16_sweep.py). Triton pipelines this loop's loads itself (through shared memory); prefetching the words by
-# hand measured no faster here, nor did converting the codes to bf16 pairs in inline PTX (2 instructions per weight
-# instead of 3.5), nor the W tile as wgmma's B operand (from shared memory, tokens padded to 64: 1.2-1.4× slower).
+# hand measured no faster here, nor did converting the codes to bf16 pairs in inline PTX (2 instructions per weight,
+# where the fp32 path then took 3.5), nor the W tile as wgmma's B operand (from shared memory, tokens padded to 64:
+# 1.2-1.4× slower).
 DECODE_CONFIGS = [
     _config(64, 128, 4, warps=4, stages=3, BLOCK_M=16),  # 70B qkv, o, down; 8B qkv, o
     _config(64, 128, 2, warps=4, stages=3, BLOCK_M=16),  # 70B and 8B gate_up
